@@ -26,6 +26,11 @@ __all__ = ["HardSigmoid", "AttentionWeights", "AttentiveBatchNorm2d", "Attentive
 ATTENTION_VAR_EPS = 1e-3
 
 
+def stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision inputs; float32/float64 inputs keep their own precision."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class HardSigmoid(nn.Module):
     """relu6(x + 3) / 6, the attention's gate."""
 
@@ -52,8 +57,13 @@ class AttentionWeights(nn.Module):
 
     @staticmethod
     def standardized_means(x: torch.Tensor) -> torch.Tensor:
-        """Spatial mean * rsqrt(unbiased spatial variance + 1e-3), shape (N, C, 1, 1), fp32."""
-        var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=1)
+        """Spatial mean * rsqrt(unbiased spatial variance + 1e-3), shape (N, C, 1, 1), at
+        least fp32. Pooling and variance are separate reductions, as in the reference
+        implementation: the same kernels round the same way, and whole networks then match
+        the reference's outputs bit for bit (checked on CPU)."""
+        xs = x.to(stat_dtype(x))
+        mean = F.adaptive_avg_pool2d(xs, 1)
+        var = torch.var(xs, dim=(2, 3), keepdim=True, correction=1)
         return mean * torch.rsqrt(var + ATTENTION_VAR_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +78,7 @@ def _apply_mixture(normalized: torch.Tensor, lam: torch.Tensor, weight: torch.Te
                    bias: torch.Tensor) -> torch.Tensor:
     gamma = (lam @ weight)[:, :, None, None]
     beta = (lam @ bias)[:, :, None, None]
-    return torch.addcmul(beta, normalized, gamma)
+    return gamma * normalized + beta
 
 
 class AttentiveBatchNorm2d(nn.Module):
@@ -76,8 +86,7 @@ class AttentiveBatchNorm2d(nn.Module):
 
     The BatchNorm is a child module without affine (``norm``), so BN utilities
     (``norm_eval``, freezing, SyncBN conversion) treat it as any BatchNorm while the mixture
-    parameters stay here. In eval mode the normalization and the mixture fold into one
-    per-sample scale and shift.
+    parameters stay here.
     """
 
     def __init__(self, num_features: int, k: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -98,15 +107,12 @@ class AttentiveBatchNorm2d(nn.Module):
         lam = self.attention(x)
         bn = self.norm
         with torch.autocast(device_type=x.device.type, enabled=False):
-            weight, bias = self.mixture_weight.float(), self.mixture_bias.float()
-            if bn.training or not bn.track_running_stats:
-                out = _apply_mixture(bn(x.float()), lam, weight, bias)
-            else:
-                # Fold running statistics and mixture into one scale/shift per (sample, channel).
-                inv_std = torch.rsqrt(bn.running_var.float() + bn.eps)
-                gamma = (lam @ weight) * inv_std
-                beta = lam @ bias - bn.running_mean.float() * gamma
-                out = torch.addcmul(beta[:, :, None, None], x.float(), gamma[:, :, None, None])
+            dt = stat_dtype(x)
+            xs = x.to(dt)
+            weight, bias = self.mixture_weight.to(dt), self.mixture_bias.to(dt)
+            # Normalize, then mix, in both modes (no folding of the running statistics into
+            # the mixture): the reference's order of operations, hence its exact roundings.
+            out = _apply_mixture(bn(xs), lam, weight, bias)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -137,8 +143,9 @@ class AttentiveGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam = self.attention(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            normalized = F.group_norm(x.float(), self.num_groups, eps=self.eps)
-            out = _apply_mixture(normalized, lam, self.mixture_weight.float(), self.mixture_bias.float())
+            dt = stat_dtype(x)
+            normalized = F.group_norm(x.to(dt), self.num_groups, eps=self.eps)
+            out = _apply_mixture(normalized, lam, self.mixture_weight.to(dt), self.mixture_bias.to(dt))
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -37,26 +37,29 @@ class SwitchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.float().reshape(n, c, -1)
+            dt = torch.promote_types(x.dtype, torch.float32)  # half inputs: fp32 statistics
+            xf = x.to(dt).reshape(n, c, -1)
             var_in, mean_in = torch.var_mean(xf, dim=2, keepdim=True, correction=1)
-            second_in = var_in + mean_in**2  # E[x^2] per (sample, channel), as the paper's code
+            # The paper's code pools second moments: var_ln = mean_c(var_in + mean_in^2) - mean_ln^2.
+            # The same quantity as mean_c(var_in) + mean_c((mean_in - mean_ln)^2) avoids the
+            # cancellation of E[x^2] - E[x]^2 (negative variances, NaN) when |mean| >> std.
             mean_ln = mean_in.mean(1, keepdim=True)
-            var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
+            var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
             if self.training:
                 mean_bn = mean_in.mean(0, keepdim=True)
-                var_bn = second_in.mean(0, keepdim=True) - mean_bn**2
+                var_bn = var_in.mean(0, keepdim=True) + (mean_in - mean_bn).square().mean(0, keepdim=True)
                 with torch.no_grad():
                     self.running_mean.lerp_(mean_bn.flatten().to(self.running_mean.dtype), self.momentum)
                     self.running_var.lerp_(var_bn.flatten().to(self.running_var.dtype), self.momentum)
             else:
-                mean_bn = self.running_mean.float().view(1, c, 1)
-                var_bn = self.running_var.float().view(1, c, 1)
-            wm = torch.softmax(self.mean_weight.float(), 0)
-            wv = torch.softmax(self.var_weight.float(), 0)
+                mean_bn = self.running_mean.to(dt).view(1, c, 1)
+                var_bn = self.running_var.to(dt).view(1, c, 1)
+            wm = torch.softmax(self.mean_weight.to(dt), 0)
+            wv = torch.softmax(self.var_weight.to(dt), 0)
             mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
             var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
             y = (xf - mean) * torch.rsqrt(var + self.eps)
-            y = y.reshape_as(x) * self.weight.float().view(1, c, 1, 1) + self.bias.float().view(1, c, 1, 1)
+            y = y.reshape_as(x) * self.weight.to(dt).view(1, c, 1, 1) + self.bias.to(dt).view(1, c, 1, 1)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,217 @@
+"""Turning :class:`~anzoo.structures.Instances` into COCO results and JSON records.
+
+Box convention. anzoo boxes are mmdetection v1's inclusive ``x1, y1, x2, y2`` (a box covers
+pixels x1..x2). :func:`boxes_to_xywh` is the one place that turns them into COCO's
+``[x, y, w, h]``:
+
+* ``legacy_box=True`` (default): ``w = x2 - x1 + 1``, ``h = y2 - y1 + 1``, exactly as
+  mmdetection v1 wrote its result files (``xyxy2xywh`` in ``core/evaluation/coco_utils.py``).
+  The AP of the released checkpoints was computed on boxes written this way, so evaluation
+  uses it to reproduce the table; it is also the true pixel extent of an inclusive box.
+* ``legacy_box=False``: ``w = x2 - x1``, ``h = y2 - y1``, for boxes in the modern exclusive
+  convention (x2 is one past the last pixel), e.g. from torchvision-style models.
+
+The arithmetic is done in float64 on the float32 box values, as mmdetection v1 did
+(``bbox.tolist()`` then Python arithmetic), so written numbers match its files.
+
+Masks are written as COCO compressed RLE (pycocotools, column-major) with ``counts`` a str.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+
+from anzoo.structures import Instances
+
+__all__ = [
+    "boxes_to_xywh",
+    "decode_mask_rle",
+    "encode_mask_rle",
+    "encode_masks_rle",
+    "instances_to_coco",
+    "instances_to_records",
+    "mask_to_polygons",
+]
+
+MASK_FORMATS = ("rle", "polygon", None)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def boxes_to_xywh(boxes: Any, legacy_box: bool = True) -> np.ndarray:
+    """(N, 4) ``x1, y1, x2, y2`` -> (N, 4) float64 COCO ``x, y, w, h`` (see module docstring)."""
+    xyxy = _to_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    extra = 1.0 if legacy_box else 0.0
+    xywh = xyxy.copy()
+    xywh[:, 2] = xyxy[:, 2] - xyxy[:, 0] + extra
+    xywh[:, 3] = xyxy[:, 3] - xyxy[:, 1] + extra
+    return xywh
+
+
+def encode_mask_rle(mask: Any) -> dict[str, Any]:
+    """Binary (H, W) mask -> ``{'size': [h, w], 'counts': str}`` (COCO compressed RLE)."""
+    array = _to_numpy(mask)
+    if array.ndim != 2:
+        raise ValueError(f"encode_mask_rle expects an (H, W) mask, got {array.shape}")
+    return encode_masks_rle(array[None])[0]
+
+
+def encode_masks_rle(masks: Any) -> list[dict[str, Any]]:
+    """(N, H, W) binary masks -> N RLE dicts (one pycocotools call for all)."""
+    array = _to_numpy(masks)
+    if array.ndim != 3:
+        raise ValueError(f"encode_masks_rle expects (N, H, W) masks, got {array.shape}")
+    if array.shape[0] == 0:
+        return []
+    # pycocotools wants (H, W, N) uint8 in Fortran (column-major) order.
+    fortran = np.asfortranarray(np.moveaxis(array.astype(np.uint8, copy=False), 0, -1))
+    rles = mask_utils.encode(fortran)
+    out = []
+    for rle in rles:
+        counts = rle["counts"]
+        out.append({
+            "size": [int(rle["size"][0]), int(rle["size"][1])],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+        })
+    return out
+
+
+def decode_mask_rle(rle: dict[str, Any]) -> np.ndarray:
+    """COCO RLE (compressed with str/bytes counts, or uncompressed with a list) -> bool (H, W)."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(compressed).astype(bool)
+
+
+def mask_to_polygons(mask: Any, min_points: int = 3) -> list[list[float]]:
+    """Outer contours of a binary mask as COCO polygons ``[[x1, y1, x2, y2, ...], ...]``.
+
+    One polygon per connected component (``cv2.findContours``, external contours only, so
+    holes are not represented: COCO polygons cannot subtract). Vertices are the centres of
+    the boundary pixels, i.e. pixel index + 0.5 in COCO's continuous coordinates. Components
+    whose contour has fewer than ``min_points`` vertices (single pixels, 1-pixel lines) are
+    dropped, so a tiny mask may give ``[]``. For display and the service; evaluation uses RLE.
+    """
+    array = _to_numpy(mask)
+    if array.ndim != 2:
+        raise ValueError(f"mask_to_polygons expects an (H, W) mask, got {array.shape}")
+    contours, _ = cv2.findContours(
+        np.ascontiguousarray(array.astype(np.uint8)), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    polygons = []
+    for contour in contours:
+        points = contour.reshape(-1, 2)
+        if len(points) < min_points:
+            continue
+        polygons.append([float(v) + 0.5 for v in points.reshape(-1)])
+    return polygons
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must be in 0..{num_classes - 1} (one per category id), got "
+            f"{int(labels.min())}..{int(labels.max())}"
+        )
+
+
+def instances_to_coco(
+    instances: Instances,
+    image_id: int,
+    category_ids: Sequence[int],
+    *,
+    legacy_box: bool = True,
+    with_masks: bool = True,
+) -> list[dict[str, Any]]:
+    """COCO result records of one image, as mmdetection v1 wrote ``results.{bbox,segm}.json``.
+
+    Each record has ``image_id``, ``category_id`` (``category_ids[label]``), ``bbox``
+    (:func:`boxes_to_xywh` with ``legacy_box``), ``score`` (float), and, when the instances
+    carry masks and ``with_masks``, ``segmentation`` (RLE, counts str).
+
+    Keep the ``bbox`` in segm files: mmdetection v1 did, and pycocotools' ``loadRes`` then takes
+    each detection's ``area`` from the box (w * h) instead of the mask, which decides which
+    unmatched detections the small/medium/large segm metrics ignore. Drop ``segmentation``
+    for the bbox file (``with_masks=False``) to keep it small.
+    """
+    labels = _to_numpy(instances.labels).astype(np.int64)
+    _check_labels(labels, len(category_ids))
+    xywh = boxes_to_xywh(instances.boxes, legacy_box)
+    scores = _to_numpy(instances.scores)
+    rles = (
+        encode_masks_rle(instances.masks)
+        if with_masks and instances.masks is not None
+        else None
+    )
+    records = []
+    for i in range(len(labels)):
+        record: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[labels[i]]),
+            "bbox": [float(v) for v in xywh[i]],
+            "score": float(scores[i]),
+        }
+        if rles is not None:
+            record["segmentation"] = rles[i]
+        records.append(record)
+    return records
+
+
+def instances_to_records(
+    instances: Instances,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+    score_thr: float = 0.0,
+    mask_format: str | None = "rle",
+    *,
+    legacy_box: bool = True,
+    max_instances: int | None = None,
+) -> list[dict[str, Any]]:
+    """JSON records for ``anzoo predict`` and the service, highest score first.
+
+    Keeps instances with ``score >= score_thr`` (then the first ``max_instances``). Each
+    record: ``category_id`` (dataset id), ``category_name``, ``score``, ``bbox`` ``[x, y, w, h]``
+    (same convention as :func:`instances_to_coco`, default inclusive +1 widths) and
+    ``segmentation``: RLE dict (``mask_format='rle'``), list of polygons (``'polygon'``), or
+    absent (``None``, or instances without masks).
+    """
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+    if len(class_names) != len(category_ids):
+        raise ValueError("class_names and category_ids must have the same length")
+    kept = instances.above(score_thr).sorted_by_score()
+    if max_instances is not None:
+        kept = kept.select(slice(0, max(0, int(max_instances))))
+    labels = _to_numpy(kept.labels).astype(np.int64)
+    _check_labels(labels, len(category_ids))
+    xywh = boxes_to_xywh(kept.boxes, legacy_box)
+    scores = _to_numpy(kept.scores)
+    masks = _to_numpy(kept.masks) if (kept.masks is not None and mask_format is not None) else None
+    rles = encode_masks_rle(masks) if masks is not None and mask_format == "rle" else None
+    records = []
+    for i in range(len(labels)):
+        record: dict[str, Any] = {
+            "category_id": int(category_ids[labels[i]]),
+            "category_name": str(class_names[labels[i]]),
+            "score": float(scores[i]),
+            "bbox": [float(v) for v in xywh[i]],
+        }
+        if rles is not None:
+            record["segmentation"] = rles[i]
+        elif masks is not None:
+            record["segmentation"] = mask_to_polygons(masks[i])
+        records.append(record)
+    return records

@@ -1,0 +1,583 @@
+"""The weights cache: download, lock, verify, unpack, import, offline.
+
+Layout under :func:`cache_dir` (``$ANZOO_HOME``, default ``~/.cache/anzoo``)::
+
+    models/<id>/<id>.pth                  a detector checkpoint as downloaded
+    models/<id>/<id>.pth.sha256           its sha256, recorded on first download
+    backbones/<id>/.../model_best.pth.tar the checkpoint unpacked from an archive
+    backbones/<id>/.../config.yaml        (the archive's other files, kept beside it)
+    models/.<id>.lock                     one lock file per entry
+
+A download goes into a fresh ``.<id>.XXXXXXXX.partial`` folder beside the entry's folder and
+is renamed into place only once it is complete, checked and unpacked: an interrupted
+download never leaves anything that looks like a cached file. A file lock per entry makes a
+second process wait for the first and then reuse its file. The sha256 of the usable
+checkpoint is stored in a ``<file>.sha256`` sidecar (``sha256sum`` format) and checked on
+every :func:`fetch_weights`; ``weights.sha256`` in ``zoo.yaml`` pins the file as served.
+
+Google Drive files go through gdown; any other http(s) URL (``--url``, ``weights.url``,
+``weights.mirrors``) goes through gdown's plain-HTTP path, with the same timeouts, retries
+and progress bar. ``ANZOO_OFFLINE=1`` turns every network access into an
+:class:`~anzoo.errors.OfflineError` that says which file is missing and where to put it.
+Checkpoints are only ever read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError, DownloadError, IntegrityError, OfflineError
+from .zoo import WeightsSpec, gdrive_manual_url, get_backbone_entry, get_entry
+
+__all__ = [
+    "ENV_HOME",
+    "ENV_OFFLINE",
+    "CacheState",
+    "cache_dir",
+    "is_offline",
+    "fetch_weights",
+    "fetch_backbone_weights",
+    "cached_weights",
+    "cached_backbone_weights",
+    "cache_state",
+    "import_weights",
+    "import_backbone_weights",
+    "set_import_validator",
+    "sha256_file",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_HOME = "ANZOO_HOME"
+ENV_OFFLINE = "ANZOO_OFFLINE"
+
+#: seconds to wait for a connection, and for the next bytes of an answer.
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 60.0
+#: further attempts after a transient network failure (gdown resumes the transfer).
+DOWNLOAD_RETRIES = 2
+#: how long a process waits for another one that is fetching the same entry.
+LOCK_TIMEOUT = 2 * 3600.0
+
+_DOWNLOAD_NAME = ".download"  # the raw file inside a .partial folder
+_SIDECAR_SUFFIX = ".sha256"
+
+Validator = Callable[[str, Path], None]
+_IMPORT_VALIDATORS: dict[str, Validator] = {}
+
+
+# --------------------------------------------------------------------------- settings
+def cache_dir() -> Path:
+    """``$ANZOO_HOME`` or ``~/.cache/anzoo`` (not created here)."""
+    home = os.environ.get(ENV_HOME, "").strip()
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "anzoo"
+
+
+def is_offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def set_import_validator(kind: str, validate: Validator | None) -> None:
+    """Register the check :func:`import_weights` runs on every imported file by default.
+
+    ``kind`` is ``'model'`` or ``'backbone'``; ``validate(entry_id, checkpoint_path)`` raises
+    :class:`~anzoo.errors.CheckpointError` when the file does not fit the entry's architecture.
+    """
+    if kind not in ("model", "backbone"):
+        raise ValueError(f"kind must be 'model' or 'backbone', not {kind!r}")
+    if validate is None:
+        _IMPORT_VALIDATORS.pop(kind, None)
+    else:
+        _IMPORT_VALIDATORS[kind] = validate
+
+
+# --------------------------------------------------------------------------- cache items
+@dataclass(frozen=True)
+class _Item:
+    """What the cache stores for one zoo entry (a detector or an ImageNet backbone)."""
+
+    kind: str  # 'model' | 'backbone'
+    id: str
+    weights: WeightsSpec | None
+    notes: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return cache_dir() / f"{self.kind}s"
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.id
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / f".{self.id}.lock"
+
+    @property
+    def filename(self) -> str:
+        if self.weights is not None and self.weights.filename:
+            return self.weights.filename
+        return f"{self.id}.pth" if self.kind == "model" else f"{self.id}.zip"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.id}"
+
+    def command(self, verb: str, *extra: str) -> str:
+        flag = " --backbone" if self.kind == "backbone" else ""
+        return " ".join(["anzoo", verb + flag, self.id, *extra])
+
+    def manual_url(self, url: str | None = None) -> str | None:
+        return url or (self.weights.manual_url if self.weights is not None else None)
+
+    def by_hand(self, url: str | None = None) -> str:
+        """The sentence telling a person how to get the file into the cache themselves."""
+        link = self.manual_url(url)
+        get = f"download {link} in a browser" if link else "get the checkpoint file"
+        return f"{get}, then run `{self.command('import', 'FILE')}`"
+
+
+def _model_item(model_id: str) -> _Item:
+    entry = get_entry(model_id)
+    return _Item("model", entry.id, entry.weights, entry.notes)
+
+
+def _backbone_item(backbone_id: str) -> _Item:
+    entry = get_backbone_entry(backbone_id)
+    return _Item("backbone", entry.id, entry.weights, entry.notes)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One place to download from."""
+
+    gdrive_id: str | None = None
+    url: str | None = None
+
+    def __str__(self) -> str:
+        return f"Google Drive file {self.gdrive_id}" if self.gdrive_id else str(self.url)
+
+
+def _sources(item: _Item, url: str | None) -> list[_Source]:
+    if url is not None:
+        if not re.match(r"^https?://", url):
+            raise DownloadError(f"--url must be an http(s) URL, got {url!r}")
+        return [_Source(url=url)]
+    w = item.weights
+    assert w is not None
+    sources = []
+    if w.gdrive_id:
+        sources.append(_Source(gdrive_id=w.gdrive_id))
+    sources += [_Source(url=u) for u in (w.url, *w.mirrors) if u]
+    return sources
+
+
+# --------------------------------------------------------------------------- public API
+@dataclass(frozen=True)
+class CacheState:
+    """What the cache holds for one entry (cheap to compute: nothing is hashed)."""
+
+    folder: Path
+    checkpoint: Path | None  # the usable checkpoint file, None when not cached
+    sha256: str | None  # as recorded on download
+    size: int | None
+
+    @property
+    def cached(self) -> bool:
+        return self.checkpoint is not None
+
+
+def fetch_weights(model_id: str, *, force: bool = False, url: str | None = None,
+                  progress: bool = True) -> Path:
+    """The path of a detector's checkpoint file, downloading it on first use.
+
+    A cached file is verified against its recorded sha256 first (IntegrityError on
+    mismatch: fetch again with ``force=True``). ``url`` replaces the zoo's sources.
+    """
+    return _fetch(_model_item(model_id), force=force, url=url, progress=progress)
+
+
+def fetch_backbone_weights(backbone_id: str, *, force: bool = False, url: str | None = None,
+                           progress: bool = True) -> Path:
+    """Same as :func:`fetch_weights` for an ImageNet backbone (the ``backbones:`` section);
+    the AOGNet-v2 archives are unpacked and the path of ``model_best.pth.tar`` returned."""
+    return _fetch(_backbone_item(backbone_id), force=force, url=url, progress=progress)
+
+
+def cached_weights(model_id: str) -> Path | None:
+    """The cached checkpoint of a detector, or None. Does not verify (see fetch_weights)."""
+    return _state(_model_item(model_id)).checkpoint
+
+
+def cached_backbone_weights(backbone_id: str) -> Path | None:
+    return _state(_backbone_item(backbone_id)).checkpoint
+
+
+def cache_state(entry_id: str, *, backbone: bool = False) -> CacheState:
+    return _state(_backbone_item(entry_id) if backbone else _model_item(entry_id))
+
+
+def import_weights(model_id: str, file: str | os.PathLike[str],
+                   validate: Validator | None = None) -> Path:
+    """Check a checkpoint obtained by hand and put it into the cache (replacing any cached one).
+
+    The file (or the checkpoint inside a zip archive) must load with
+    ``torch.load(weights_only=True)``, match a sha256 pinned in the zoo, and pass
+    ``validate(model_id, path)`` (default: the validator registered for models).
+    """
+    return _import(_model_item(model_id), file, validate)
+
+
+def import_backbone_weights(backbone_id: str, file: str | os.PathLike[str],
+                            validate: Validator | None = None) -> Path:
+    return _import(_backbone_item(backbone_id), file, validate)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the work
+def _fetch(item: _Item, *, force: bool, url: str | None, progress: bool) -> Path:
+    if item.weights is None and url is None:
+        why = f" ({item.notes})" if item.notes else ""
+        raise DownloadError(f"{item.label} has no released weights{why}; give a URL with --url, "
+                            f"or register your own checkpoint with `{item.command('import', 'FILE')}`")
+    with _locked(item):
+        _remove_leftovers(item)
+        if not force:
+            checkpoint = _state(item).checkpoint
+            if checkpoint is not None:
+                _verify(item, checkpoint)
+                return checkpoint
+            placed = item.folder / item.filename
+            if placed.is_file():  # copied there by hand, e.g. on an offline machine
+                logger.info("adding %s to the cache", placed)
+                return _install_file(item, placed, validate=None)
+        if is_offline():
+            raise OfflineError(
+                f"{ENV_OFFLINE} is set and the weights of {item.label} are not in the cache: "
+                f"{item.folder / item.filename} is missing. To add them, {item.by_hand(url)} "
+                f"(or copy the file to {item.folder / item.filename}).")
+        return _download(item, url=url, progress=progress)
+
+
+def _import(item: _Item, file: str | os.PathLike[str], validate: Validator | None) -> Path:
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
+    with _locked(item):
+        _remove_leftovers(item)
+        return _install_file(item, path, validate=validate or _IMPORT_VALIDATORS.get(item.kind))
+
+
+def _download(item: _Item, *, url: str | None, progress: bool) -> Path:
+    sources = _sources(item, url)
+    failures: list[tuple[_Source, Exception]] = []
+    for i, source in enumerate(sources):
+        logger.info("downloading the weights of %s from %s", item.label, source)
+        try:
+            with _staging(item) as staging:
+                raw = staging / _DOWNLOAD_NAME
+                digest = _transfer(source, raw, label=item.id, progress=progress)
+                path = _finish(item, staging, raw, digest, origin=str(source),
+                               error=DownloadError, validate=None)
+                logger.info("saved %s", path)
+                return path
+        except (DownloadError, IntegrityError, CheckpointError) as exc:
+            failures.append((source, exc))
+            if i + 1 < len(sources):
+                logger.warning("%s; trying the next source", exc)
+    reasons = "; ".join(str(exc).rstrip(".") for _, exc in failures)
+    message = f"could not fetch the weights of {item.label}: {reasons}. To add them by hand, {item.by_hand(url)}."
+    if all(isinstance(exc, IntegrityError) for _, exc in failures):
+        raise IntegrityError(message)
+    raise DownloadError(message)
+
+
+def _install_file(item: _Item, file: Path, validate: Validator | None) -> Path:
+    with _staging(item) as staging:
+        raw = staging / _DOWNLOAD_NAME
+        try:
+            shutil.copyfile(file, raw)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from None
+        path = _finish(item, staging, raw, sha256_file(raw), origin=str(file),
+                       error=CheckpointError, validate=validate)
+        logger.info("imported %s as %s", file, path)
+        return path
+
+
+def _finish(item: _Item, staging: Path, raw: Path, digest: str, *, origin: str,
+            error: type[Exception], validate: Validator | None) -> Path:
+    """Check a complete raw file in ``staging``, unpack it, record its sha256 and move the
+    folder into place. Returns the final path of the usable checkpoint."""
+    kind = _sniff(raw)
+    if kind == "html":
+        raise error(f"{origin} gave a web page instead of the weights file{_html_title(raw)} "
+                    "(Google Drive does this when the file's download quota is exceeded or it "
+                    "is not shared publicly)")
+    if kind == "unknown":
+        raise error(f"{origin} is neither a PyTorch checkpoint nor a zip archive "
+                    f"(it starts with {raw.read_bytes()[:16]!r})")
+    pinned = item.weights.sha256 if item.weights is not None else None
+    if pinned and digest != pinned:
+        raise IntegrityError(f"{origin} has sha256 {digest}, but the zoo pins {pinned} for {item.label}")
+    if kind == "archive":
+        checkpoint = _unpack(raw, staging)
+        checkpoint_digest = sha256_file(checkpoint)
+    else:
+        checkpoint = raw.rename(staging / item.filename)
+        checkpoint_digest = digest
+    from .checkpoint import read_checkpoint  # torch is only needed once a file is in hand
+
+    read_checkpoint(checkpoint)  # CheckpointError if it does not load (weights_only=True)
+    if validate is not None:
+        validate(item.id, checkpoint)
+    _write_sidecar(checkpoint, checkpoint_digest)
+    return _publish(item, staging, checkpoint)
+
+
+def _sniff(path: Path) -> str:
+    """'archive' (a plain zip), 'checkpoint' (torch.save, zip or legacy pickle), 'html' or
+    'unknown': decided by the content, never by the name."""
+    if zipfile.is_zipfile(path):
+        from .checkpoint import _is_torch_zip
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return "checkpoint" if _is_torch_zip(zf) else "archive"
+        except zipfile.BadZipFile:
+            return "unknown"
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text[:512]:
+        return "html"
+    if head[:1] == b"\x80":  # pickle protocol >= 2: the legacy torch.save format
+        return "checkpoint"
+    return "unknown"
+
+
+def _html_title(path: Path) -> str:
+    text = path.read_bytes()[:65536].decode("utf-8", "replace")
+    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    title = " ".join(m.group(1).split()) if m else ""
+    return f" (titled {title[:80]!r})" if title else ""
+
+
+def _unpack(archive: Path, staging: Path) -> Path:
+    """Extract a zip archive into ``staging``; the path of the checkpoint inside it."""
+    from .checkpoint import _checkpoint_member
+
+    with zipfile.ZipFile(archive) as zf:
+        member = _checkpoint_member(zf)  # CheckpointError when the archive holds none
+        for name in zf.namelist():
+            parts = Path(name).parts
+            if Path(name).is_absolute() or ".." in parts or (parts and parts[0] == _DOWNLOAD_NAME):
+                raise CheckpointError(f"the archive holds an unsafe path: {name!r}")
+        zf.extractall(staging, members=[n for n in zf.namelist() if "__MACOSX" not in n])
+    archive.unlink()
+    return staging / member
+
+
+def _write_sidecar(checkpoint: Path, digest: str) -> None:
+    sidecar = checkpoint.with_name(checkpoint.name + _SIDECAR_SUFFIX)
+    sidecar.write_text(f"{digest}  {checkpoint.name}\n", encoding="utf-8")
+
+
+def _read_sidecar(sidecar: Path) -> str | None:
+    try:
+        digest = sidecar.read_text(encoding="utf-8").split()[0].lower()
+    except (OSError, IndexError):
+        return None
+    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+
+def _state(item: _Item) -> CacheState:
+    sidecars = sorted(item.folder.rglob(f"*{_SIDECAR_SUFFIX}")) if item.folder.is_dir() else []
+    for sidecar in sidecars:
+        checkpoint = sidecar.with_name(sidecar.name[: -len(_SIDECAR_SUFFIX)])
+        if checkpoint.is_file():
+            return CacheState(item.folder, checkpoint, _read_sidecar(sidecar), checkpoint.stat().st_size)
+    return CacheState(item.folder, None, None, None)
+
+
+def _verify(item: _Item, checkpoint: Path) -> None:
+    recorded = _read_sidecar(checkpoint.with_name(checkpoint.name + _SIDECAR_SUFFIX))
+    actual = sha256_file(checkpoint)
+    if recorded != actual:
+        raise IntegrityError(
+            f"the cached weights of {item.label} do not match the sha256 recorded when they were "
+            f"downloaded ({checkpoint} has {actual[:16]}..., recorded {str(recorded)[:16]}...); "
+            f"fetch them again with `{item.command('download', '--force')}`")
+
+
+def _publish(item: _Item, staging: Path, checkpoint: Path) -> Path:
+    """Rename the finished staging folder to the entry's folder (replacing an old one)."""
+    relative = checkpoint.relative_to(staging)
+    old = None
+    if item.folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{item.id}.", suffix=".old", dir=item.root))
+        os.replace(item.folder, old / "previous")
+    os.replace(staging, item.folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return item.folder / relative
+
+
+@contextmanager
+def _staging(item: _Item) -> Iterator[Path]:
+    """A fresh ``.<id>.XXXXXXXX.partial`` folder beside the entry's folder, removed on exit
+    unless :func:`_publish` renamed it into place."""
+    item.root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{item.id}.", suffix=".partial", dir=item.root))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_leftovers(item: _Item) -> None:
+    """Remove what a killed process left behind (called with the entry's lock held)."""
+    pattern = re.compile(rf"^\.{re.escape(item.id)}\.[a-z0-9_]{{8}}\.(partial|old)$")
+    for path in item.root.glob(f".{item.id}.*"):
+        if pattern.match(path.name):
+            logger.debug("removing the leftover %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _locked(item: _Item) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    item.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(item.lock_path))
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        logger.info("waiting for another anzoo process that is fetching %s", item.label)
+        try:
+            lock.acquire(timeout=LOCK_TIMEOUT)
+        except Timeout:
+            raise DownloadError(f"gave up waiting for the lock {item.lock_path} after "
+                                f"{LOCK_TIMEOUT:.0f} s; is another anzoo process stuck?") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------- transfers
+def _gdown_download(**kwargs):
+    """gdown.download (a seam for tests that must never reach Google Drive)."""
+    import gdown
+
+    return gdown.download(**kwargs)
+
+
+def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str:
+    """Download ``source`` to ``dest``; the sha256 of the bytes written."""
+    import gdown.exceptions
+    import requests
+
+    hasher = hashlib.sha256()
+    target = {"id": source.gdrive_id} if source.gdrive_id else {"url": source.url}
+    with _progress_bar(label, enabled=progress) as report:
+        try:
+            _gdown_download(**target, output=str(dest), quiet=True, progress=report,
+                            use_cookies=bool(source.gdrive_id), hasher=hasher,
+                            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), retries=DOWNLOAD_RETRIES)
+        except gdown.exceptions.FileURLRetrievalError as exc:
+            raise DownloadError(f"Google Drive refused the file {source.gdrive_id} "
+                                f"({_drive_reason(exc)})") from None
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "error"
+            reason = exc.response.reason if exc.response is not None else ""
+            raise DownloadError(f"{source} answered HTTP {status} {reason}".rstrip()) from None
+        except (requests.RequestException, gdown.exceptions.DownloadError, OSError) as exc:
+            raise DownloadError(f"downloading {source} failed ({_network_reason(exc)})") from None
+    if not dest.is_file():
+        raise DownloadError(f"downloading {source} produced no file")
+    return hasher.hexdigest()
+
+
+def _network_reason(exc: BaseException) -> str:
+    import requests
+
+    cause = exc.__cause__ if isinstance(exc.__cause__, requests.RequestException) else exc
+    # requests reports a read timeout in the middle of a body as a ConnectionError
+    if isinstance(cause, requests.Timeout) or "timed out" in str(cause):
+        return f"no answer within {READ_TIMEOUT:g} s"
+    if isinstance(cause, requests.ConnectionError) and not isinstance(cause, requests.exceptions.ChunkedEncodingError):
+        text = str(cause)
+        if re.search(r"Failed to establish a new connection|Name or service not known|"
+                     r"nodename nor servname|getaddrinfo failed|Connection refused", text):
+            return "cannot connect to the server"
+    return _first_sentence(exc)
+
+
+def _drive_reason(exc: BaseException) -> str:
+    """Why Google Drive would not hand out a file, in a few words (gdown's text is long)."""
+    text = " ".join(str(exc).split())
+    if re.search(r"too many users|quota", text, re.IGNORECASE):
+        return "its download quota is exceeded for now; too many users fetched the file recently"
+    if re.search(r"permission|public link|anyone with the link", text, re.IGNORECASE):
+        return "it is not publicly shared, or Drive limits access to it for now"
+    text = re.sub(r"^Failed to retrieve file url:\s*", "", text)
+    text = re.split(r"\s*You may still be able to access", text)[0]
+    return _first_sentence(text)
+
+
+def _first_sentence(exc: BaseException | str) -> str:
+    """gdown's message, on one line, without its advice about resuming its own partial files
+    (anzoo removes them) or its FAQ link."""
+    text = " ".join(str(exc).split())
+    sentences = re.split(r"(?<=[.;])\s+", text)
+    keep = [s for s in sentences
+            if not re.search(r"partial file|kept in|--continue|resume|Check FAQ", s, re.IGNORECASE)]
+    text = " ".join(keep).rstrip(" .;") or text
+    return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
+
+
+@contextmanager
+def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A rich progress bar on stderr, shown from the first bytes on (a source that fails
+    before sending anything leaves no empty bar behind)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    from .log import stderr_console
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=stderr_console())
+    task = None
+
+    def report(done: int, total: int | None) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(label, total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield report
+    finally:
+        if task is not None:
+            bar.stop()

@@ -1,0 +1,225 @@
+"""Region proposal network with mmdetection v1's proposal selection (``anchor_heads/rpn_head.py``).
+
+The head is torchvision's ``RPNHead`` (3x3 conv + ReLU, 1x1 ``cls_logits`` with A channels,
+1x1 ``bbox_pred`` with 4A channels). Its output layout equals mmdet's ``RPNHead`` with a
+sigmoid classifier: ``rpn_cls`` channel a is anchor a, ``rpn_reg`` channels ``4a .. 4a + 3``
+are the (dx, dy, dw, dh) of anchor a. So the checkpoint weights copy over unchanged:
+
+=====================  =========================
+mmdet v1               this module
+=====================  =========================
+rpn_head.rpn_conv.*    head.conv.0.0.*
+rpn_head.rpn_cls.*     head.cls_logits.*
+rpn_head.rpn_reg.*     head.bbox_pred.*
+=====================  =========================
+
+Proposal selection, per image and per level (mmdet's ``get_bboxes_single``):
+
+1. scores = sigmoid(logits) laid out (H, W, A), deltas (H, W, A, 4), matching the anchors;
+2. if the level has more than ``nms_pre`` anchors, keep the top ``nms_pre`` by score
+   (sorted), otherwise keep all in anchor order;
+3. decode with stds (1, 1, 1, 1) and clip to the resized, unpadded image ``(h, w)``;
+4. if ``min_bbox_size > 0``, drop boxes with ``x2 - x1 + 1`` or ``y2 - y1 + 1`` below it
+   (the configs use 0: zero-size boxes stay);
+5. NMS with +1 IoU at ``nms_thr``; survivors in index order (mmdet's kernel order, which
+   after step 2 is score order), the first ``nms_post`` kept;
+
+then all levels are concatenated and the top ``max_num`` by score returned (sorted by
+decreasing score). There is no NMS across levels (``nms_across_levels=False`` in all configs).
+
+torchvision's ``RegionProposalNetwork`` differs in anchors, in box coding, in taking the
+top-k before sigmoid per level but running a batched NMS across levels with
+``post_nms_top_n`` per image, and in removing small boxes (1e-3) and low scores.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.rpn import RPNHead
+
+from .anchors import LegacyAnchorGenerator
+from .box_coder import LegacyBoxCoder
+from .box_ops import legacy_batched_nms, legacy_nms
+
+__all__ = ["RPNProposalConfig", "LegacyRPN", "select_proposals"]
+
+
+@dataclass(frozen=True)
+class RPNProposalConfig:
+    """mmdet v1's ``test_cfg.rpn`` / ``train_cfg.rpn_proposal``."""
+
+    nms_pre: int = 1000
+    nms_post: int = 1000
+    max_num: int = 1000
+    nms_thr: float = 0.7
+    min_bbox_size: float = 0
+    nms_across_levels: bool = False
+
+
+#: ``test_cfg.rpn`` of every config in ``configs/attn_norm``.
+RPN_TEST_CFG = RPNProposalConfig(nms_pre=1000, nms_post=1000, max_num=1000, nms_thr=0.7)
+#: ``train_cfg.rpn_proposal`` of the same configs.
+RPN_TRAIN_CFG = RPNProposalConfig(nms_pre=2000, nms_post=2000, max_num=2000, nms_thr=0.7)
+
+
+def select_proposals(
+    objectness: Sequence[Tensor],
+    deltas: Sequence[Tensor],
+    anchors: Sequence[Tensor],
+    image_shapes: Sequence[tuple[int, int]],
+    box_coder: LegacyBoxCoder,
+    cfg: RPNProposalConfig,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """mmdet v1's RPN test-time proposal selection for a batch.
+
+    Args:
+        objectness: per level ``(B, A, H, W)`` logits.
+        deltas: per level ``(B, 4A, H, W)`` regression outputs.
+        anchors: per level ``(H * W * A, 4)`` anchors, flattened (y, x, anchor).
+        image_shapes: per image ``(h, w)`` of the resized image before padding.
+        box_coder: decoder (stds 1 for the configs).
+        cfg: the selection parameters.
+
+    Returns:
+        ``(boxes, scores)``: per image a ``(K_i, 4)`` float32 tensor of proposals
+        ``(x1, y1, x2, y2)`` in resized-image pixels and their ``(K_i,)`` sigmoid scores, both
+        sorted by decreasing score, ``K_i <= max_num``. (With ``nms_across_levels`` the
+        reference's order instead: a second NMS over all levels, survivors in index order,
+        the first ``max_num``.)
+
+    Scores exactly equal in float32 are common (the sigmoid saturates); among them the order,
+    and so which boxes the NMS keeps, follows PyTorch's sort here and the CUDA sort in the
+    reference, so rare tie-breaking differences are expected.
+    """
+    num_levels = len(objectness)
+    if not (len(deltas) == len(anchors) == num_levels):
+        raise ValueError("objectness, deltas and anchors must have one entry per level")
+    batch = objectness[0].shape[0]
+    if len(image_shapes) != batch:
+        raise ValueError(f"{batch} images in the features but {len(image_shapes)} image shapes")
+    device = objectness[0].device
+
+    cand_boxes, cand_scores, cand_groups = [], [], []
+    for level, (logits, reg, level_anchors) in enumerate(zip(objectness, deltas, anchors)):
+        num_anchors = logits.shape[1]
+        # sigmoid in float64, rounded once: float32 sigmoid differs by an ulp between SIMD and
+        # scalar code paths, which would make the scores depend on the batch composition
+        scores = logits.permute(0, 2, 3, 1).reshape(batch, -1).double().sigmoid().float()
+        reg = reg.float().permute(0, 2, 3, 1).reshape(batch, -1, 4)
+        if reg.shape[1] != scores.shape[1] or level_anchors.shape[0] != scores.shape[1]:
+            raise ValueError(
+                f"level {level}: {scores.shape[1]} scores, {reg.shape[1]} deltas, {level_anchors.shape[0]} anchors "
+                f"({num_anchors} anchors per location)"
+            )
+        if cfg.nms_pre > 0 and scores.shape[1] > cfg.nms_pre:
+            scores, top = scores.topk(cfg.nms_pre, dim=1)
+            reg = reg.gather(1, top[..., None].expand(-1, -1, 4))
+            level_anchors = level_anchors[top]  # (B, k, 4)
+        else:
+            level_anchors = level_anchors[None].expand(batch, -1, -1)
+        count = scores.shape[1]
+        decoded = [
+            box_coder.decode(level_anchors[i], reg[i], (int(image_shapes[i][0]), int(image_shapes[i][1])))
+            for i in range(batch)
+        ]
+        cand_boxes.append(torch.stack(decoded))
+        cand_scores.append(scores)
+        groups = torch.arange(batch, device=device)[:, None] * num_levels + level
+        cand_groups.append(groups.expand(batch, count))
+
+    # Flatten image-major, then level, then rank: a group's candidates are contiguous.
+    boxes = torch.cat(cand_boxes, dim=1).reshape(-1, 4)
+    scores = torch.cat(cand_scores, dim=1).reshape(-1)
+    groups = torch.cat(cand_groups, dim=1).reshape(-1)
+
+    if cfg.min_bbox_size > 0:
+        w = boxes[:, 2] - boxes[:, 0] + 1
+        h = boxes[:, 3] - boxes[:, 1] + 1
+        valid = torch.nonzero((w >= cfg.min_bbox_size) & (h >= cfg.min_bbox_size)).squeeze(1)
+        boxes, scores, groups = boxes[valid], scores[valid], groups[valid]
+
+    keep = legacy_batched_nms(boxes, scores, groups, cfg.nms_thr).sort().values
+    kept_groups = groups[keep]
+    counts = torch.bincount(kept_groups, minlength=batch * num_levels)
+    first = counts.cumsum(0) - counts
+    rank = torch.arange(keep.numel(), device=device) - first[kept_groups]
+    keep = keep[rank < cfg.nms_post]
+    boxes, scores, images = boxes[keep], scores[keep], groups[keep] // num_levels
+
+    out_boxes, out_scores = [], []
+    for i in range(batch):
+        mine = torch.nonzero(images == i).squeeze(1)
+        img_boxes, img_scores = boxes[mine], scores[mine]
+        if cfg.nms_across_levels:
+            survivors = legacy_nms(img_boxes, img_scores, cfg.nms_thr).sort().values[: cfg.max_num]
+            img_boxes, img_scores = img_boxes[survivors], img_scores[survivors]
+        else:
+            num = min(cfg.max_num, img_scores.shape[0])
+            img_scores, top = img_scores.topk(num)
+            img_boxes = img_boxes[top]
+        out_boxes.append(img_boxes)
+        out_scores.append(img_scores)
+    return out_boxes, out_scores
+
+
+class LegacyRPN(nn.Module):
+    """mmdet v1 ``RPNHead`` (sigmoid objectness) with its anchors, box coding and proposal
+    selection.
+
+    ``forward(features, image_shapes)`` takes the 5 FPN maps (P2-P6, strides 4-64) of a batch
+    and the ``(h, w)`` of each resized, unpadded image and returns ``(boxes, scores)``: lists
+    with one ``(K_i, 4)`` / ``(K_i,)`` tensor per image (proposals in resized-image pixels,
+    sorted by decreasing score). The selection parameters are ``test_cfg`` in eval mode and
+    ``train_cfg`` in train mode (mmdet's ``rpn_proposal``). A training ``losses(...)`` method
+    can use :meth:`head_outputs` and :meth:`anchors` directly.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        strides: Sequence[int] = (4, 8, 16, 32, 64),
+        scales: Sequence[float] = (8,),
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        target_means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        target_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        test_cfg: RPNProposalConfig = RPN_TEST_CFG,
+        train_cfg: RPNProposalConfig = RPN_TRAIN_CFG,
+    ) -> None:
+        super().__init__()
+        self.anchor_generator = LegacyAnchorGenerator(strides, scales, ratios)
+        self.box_coder = LegacyBoxCoder(target_means, target_stds)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors)
+        self.test_cfg = test_cfg
+        self.train_cfg = train_cfg
+
+    @property
+    def proposal_cfg(self) -> RPNProposalConfig:
+        return self.train_cfg if self.training else self.test_cfg
+
+    def head_outputs(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level ``(B, A, H, W)`` objectness logits and ``(B, 4A, H, W)`` deltas."""
+        if len(features) != self.anchor_generator.num_levels:
+            raise ValueError(f"expected {self.anchor_generator.num_levels} feature maps, got {len(features)}")
+        objectness, deltas = self.head(list(features))
+        return objectness, deltas
+
+    def anchors(self, features: Sequence[Tensor]) -> list[Tensor]:
+        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        return self.anchor_generator.grid_anchors(sizes, device=features[0].device)
+
+    def forward(
+        self, features: Sequence[Tensor], image_shapes: Sequence[tuple[int, int]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        objectness, deltas = self.head_outputs(features)
+        with torch.no_grad():
+            return select_proposals(
+                [o.detach() for o in objectness],
+                [d.detach() for d in deltas],
+                self.anchors(features),
+                image_shapes,
+                self.box_coder,
+                self.proposal_cfg,
+            )
