@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,8 +26,11 @@ from rich.table import Table
 from . import __version__
 from .errors import AnzooError
 from .log import setup_logging, stderr_console
+from .zoo import DEFAULT_MODEL
 
 __all__ = ["app", "main", "command"]
+
+log = logging.getLogger("anzoo")
 
 app = typer.Typer(
     name="anzoo",
@@ -333,19 +337,343 @@ def import_(
 ) -> None:
     """Check a checkpoint downloaded by hand and put it into the cache."""
     from . import hub
+    from .factory import check_backbone_checkpoint_fits, check_checkpoint_fits
 
-    path = (hub.import_backbone_weights if backbone else hub.import_weights)(model_id, file)
+    if backbone:
+        path = hub.import_backbone_weights(model_id, file, validate=check_backbone_checkpoint_fits)
+    else:
+        path = hub.import_weights(model_id, file, validate=check_checkpoint_fits)
     console.print(f"{model_id}: {path}", highlight=False)
 
 
 # =========================================================================== predict
-# (coming: `anzoo predict`)
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Checkpoint to use instead of the cached release (mmdet-v1 or anzoo format).",
+    show_default=False)]
+Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA (bfloat16 on CPU).")]
+
+
+def load_model(model_id: str, weights: Path | None, device: str) -> Any:
+    """A zoo model with its released weights (downloaded when needed) or ``weights``."""
+    from .factory import create_model
+
+    if weights is not None and not weights.exists():
+        raise AnzooError(f"weights file not found: {weights}")
+    return create_model(model_id, pretrained=weights if weights is not None else True, device=device)
+
+
+@command("predict")
+def predict(
+    images: Annotated[Optional[list[Path]], typer.Argument(
+        help="Image files or folders (jpg, png, webp, bmp, tiff).", show_default=False)] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id (see `anzoo list`).")] = DEFAULT_MODEL,
+    weights: WeightsOpt = None,
+    score_thr: Annotated[float, typer.Option("--score-thr", min=0.0, max=1.0,
+                                             help="Keep instances scoring at least this.")] = 0.3,
+    device: DeviceOpt = "auto",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <name>.json and <name>.png.")] = Path(
+        "predictions"),
+    fp16: Fp16Opt = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    scale: Annotated[tuple[int, int], typer.Option(
+        "--scale", help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
+    demo: Annotated[Optional[str], typer.Option(
+        "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
+                       "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
+) -> None:
+    """Instance segmentation of images: COCO-style JSON (RLE masks) and a picture with the masks drawn."""
+    from .data.images import iter_image_files
+    from .errors import ImageError
+
+    paths: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    for arg in images or []:
+        try:
+            paths.extend(iter_image_files([arg]))
+        except ImageError as exc:
+            failures.append((arg, str(exc)))
+    if demo is not None:
+        from .data.demo import save_demo_image
+
+        paths.append(save_demo_image(demo, out / "inputs" / f"{demo}.png"))
+    if not paths and not failures:
+        raise AnzooError("no images given: pass image files or folders (or --demo astronaut)")
+    for path, message in failures:
+        print_error(message)
+    if paths:
+        from .inference import Predictor
+
+        predictor = Predictor(load_model(model, weights, device), fp16=fp16, batch_size=batch_size,
+                              scale=(max(scale), min(scale)))
+        log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(paths), out)
+        for result in predictor.predict_files(paths, out, score_thr=score_thr):
+            if result.error is not None:
+                failures.append((result.path, result.error))
+                print_error(result.error)
+                continue
+            names: dict[str, int] = {}
+            for rec in result.records:
+                names[rec["category_name"]] = names.get(rec["category_name"], 0) + 1
+            found = ", ".join(f"{n} {name}" for name, n in sorted(names.items(), key=lambda kv: -kv[1]))
+            console.print(f"{result.path}: {len(result.records)} instance(s){': ' + found if found else ''} "
+                          f"({result.seconds:.2f} s) -> {result.png_path}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
 
 # =========================================================================== eval
-# (coming: `anzoo eval`)
+class EvalDevice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _eval_weights(model_id: str, weights: Path | None) -> tuple[Path, str]:
+    """The checkpoint to evaluate (given, or the cached release, downloaded when needed) and its sha256."""
+    from . import hub
+
+    if weights is not None:
+        if not weights.is_file():
+            raise AnzooError(f"weights file {weights} does not exist")
+        return weights, hub.sha256_file(weights)
+    path = hub.fetch_weights(model_id)
+    state = hub.cache_state(model_id)
+    return path, state.sha256 if state.sha256 and state.checkpoint == path else hub.sha256_file(path)
+
+
+def _eval_one(model_id: str, weights: Path | None, coco_index: Any, files: Any, out: Path, **options: Any) -> Any:
+    from .evaluation import evaluate
+    from .factory import create_model
+
+    path, sha256 = _eval_weights(model_id, weights)
+    model = create_model(model_id, pretrained=path, device="cpu")
+    return evaluate(model, files.ann_file, files.image_dir, out, model_id=model_id, weights=path,
+                    weights_sha256=sha256, coco=coco_index, **options)
+
+
+def _print_eval(result: Any) -> None:
+    from .evaluation import comparison_rows, verdict_line
+
+    table = Table(title=f"{result.model_id or 'model'}: COCO metrics of {result.num_images} images "
+                        f"({result.images_per_s:.2f} images/s on {result.device})", title_justify="left")
+    table.add_column("metric")
+    for col in ("box AP", "table", "Δ", "mask AP", "table", "Δ"):
+        table.add_column(col, justify="right")
+    for row in comparison_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    colour = {"reproduced": "green", "not reproduced": "red"}.get(result.verdict, "yellow")
+    console.print(f"[{colour}]{escape(verdict_line(result))}[/{colour}]", highlight=False)
+    console.print(f"results: {result.out_dir}/results.bbox.json, results.segm.json, metrics.json", highlight=False)
+
+
+def _eval_argv(model_id: str | None, options: dict[str, Any]) -> list[str]:
+    """The `anzoo eval` arguments that reproduce this call (for the torchrun workers of --gpus)."""
+    argv = ["eval"] + ([model_id] if model_id else [])
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, tuple):
+            argv += [flag, *(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+@command("eval")
+def eval_(
+    model_id: Annotated[Optional[str], typer.Argument(
+        help="Model id (see `anzoo list`); leave out with --all.", show_default=False)] = None,
+    coco: Annotated[Optional[Path], typer.Option(
+        "--coco", help="COCO folder holding annotations/instances_val2017.json and val2017/.",
+        show_default=False)] = None,
+    ann: Annotated[Optional[Path], typer.Option(
+        "--ann", help="Annotation file (COCO format) instead of the one under --coco.", show_default=False)] = None,
+    images: Annotated[Optional[Path], typer.Option(
+        "--images", help="Image folder instead of the one under --coco.", show_default=False)] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", help="Checkpoint to evaluate instead of the cached release (mmdet-v1 or anzoo format).",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Results folder [default: anzoo-eval/<id>, with --all anzoo-eval].",
+        show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", min=1, help="Only the first N images (a partial run: no verdict).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", "-b", min=1, help="Images per forward pass (same padded size only; results do not "
+                                          "change) [default: 1 on CPU, 4 on CUDA].", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images.")] = 4,
+    device: Annotated[EvalDevice, typer.Option("--device", help="Where the model runs.")] = EvalDevice.auto,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA.")] = False,
+    scale: Annotated[tuple[int, int], typer.Option(
+        "--scale", help="Test scale LONG SHORT: longest and shortest side limits.")] = (1333, 800),
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from its partial results in --out.")] = False,
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Evaluate every model that has weights; write a report beside the table.")] = False,
+    gpus: Annotated[int, typer.Option(
+        "--gpus", min=1, help="Run N processes under torchrun, one GPU each (CPU processes with --device cpu); "
+                              "the same as `torchrun --nproc_per_node N -m anzoo eval ...`.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a model on COCO val2017 (box and mask AP, pycocotools) beside the table's numbers."""
+    import os
+
+    from .evaluation import launched_by_torchrun, resolve_coco_files, torchrun_command
+
+    if all_ and model_id:
+        raise typer.BadParameter("give a model id or --all, not both")
+    if not all_ and not model_id:
+        raise typer.BadParameter("give a model id (see `anzoo list`), or --all")
+    if all_ and weights is not None:
+        raise typer.BadParameter("--weights needs a single model id, not --all")
+    if model_id:
+        from .zoo import get_entry
+
+        get_entry(model_id)  # an unknown id fails before anything is read
+    files = resolve_coco_files(coco, ann, images)
+    options: dict[str, Any] = {"limit": limit, "batch_size": batch_size, "workers": workers,
+                               "device": device.value, "fp16": fp16, "scale": (max(scale), min(scale)),
+                               "resume": resume}
+    if gpus > 1 and not launched_by_torchrun():
+        import subprocess
+
+        if device != EvalDevice.cpu:
+            import torch
+
+            available = torch.cuda.device_count()
+            if available < gpus:
+                raise AnzooError(f"--gpus {gpus} needs {gpus} CUDA GPUs, {available} found "
+                                 f"(--device cpu runs {gpus} CPU processes instead)")
+        argv = _eval_argv(model_id, {"coco": coco, "ann": ann, "images": images, "weights": weights, "out": out,
+                                     **options, "all": all_, "json": as_json})
+        cmd = torchrun_command(gpus, argv)
+        log.info("starting %d processes: %s", gpus, " ".join(cmd))
+        raise typer.Exit(subprocess.run(cmd, check=False).returncode)
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:  # one process speaks for all
+        logging.getLogger("anzoo").setLevel(logging.WARNING)
+    from .data.coco import load_coco_annotations
+
+    coco_index = load_coco_annotations(files.ann_file)
+    if options["batch_size"] is None:
+        import torch
+
+        options["batch_size"] = 4 if device != EvalDevice.cpu and torch.cuda.is_available() else 1
+
+    if not all_:
+        assert model_id is not None
+        result = _eval_one(model_id, weights, coco_index, files, out or Path("anzoo-eval") / model_id, **options)
+        if rank == 0:
+            if as_json:
+                print_json({k: v for k, v in result.to_json().items() if k != "summaries"})
+            else:
+                _print_eval(result)
+        return
+
+    from . import zoo
+    from .evaluation import ReportRow, markdown_report
+    from .evaluation.store import atomic_write_json
+
+    root = out or Path("anzoo-eval")
+    rows: list[ReportRow] = []
+    for entry in zoo.list_entries():
+        row = ReportRow(entry)
+        rows.append(row)
+        if not entry.has_weights:
+            continue
+        log.info("evaluating %s", entry.id)
+        try:
+            row.result = _eval_one(entry.id, None, coco_index, files, root / entry.id, **options)
+        except AnzooError as exc:
+            row.error = str(exc)
+            if rank == 0:
+                print_error(f"{entry.id}: {exc}")
+    if rank > 0:
+        return
+    report = root / "report.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = report.with_name(".report.md.tmp")
+    tmp.write_text(markdown_report(rows), encoding="utf-8")
+    tmp.replace(report)
+    atomic_write_json(root / "report.json", [
+        {"id": r.entry.id, "error": r.error,
+         "result": None if r.result is None else {k: v for k, v in r.result.to_json().items() if k != "summaries"}}
+        for r in rows])
+    if as_json:
+        print_json(json.loads((root / "report.json").read_text(encoding="utf-8")))
+    else:
+        console.print(report.read_text(encoding="utf-8"), markup=False, highlight=False)
+        console.print(f"report: {report}", highlight=False)
+    if any(r.error for r in rows):
+        raise typer.Exit(1)
 
 # =========================================================================== serve
-# (coming: `anzoo serve`)
+@command("serve")
+def serve(
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--model", "-m", help="Model id to serve; repeat for several (the first is the default). "
+                              f"Default: {DEFAULT_MODEL}.", show_default=False)] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    host: Annotated[str, typer.Option(
+        "--host", help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, envvar="ANZOO_PORT",
+                                      help="TCP port (or $ANZOO_PORT).")] = 8000,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, help="Most images per forward pass (1: no batching).")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0.0, help="How long an image may wait for batch mates.")] = 10.0,
+    fp16: Fp16Opt = False,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=1, help="Images that may wait for the model; beyond: 503 + Retry-After.")] = 64,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.1, help="Seconds a request may take before it gets a 504.")] = 60.0,
+    max_body_mb: Annotated[float, typer.Option(
+        "--max-body-mb", min=0.001, help="Largest request body, in MB (10^6 bytes).")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, help="Largest image, in pixels (checked before decoding).")] = 8192 * 8192,
+    cors_origins: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="Allow browser pages from this origin (repeatable; '*' for any). "
+                              "Off by default.", show_default=False)] = None,
+    scale: Annotated[tuple[int, int], typer.Option(
+        "--scale", help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
+) -> None:
+    """Serve instance segmentation over HTTP: POST /segment, a web page at /, /metrics.
+
+    Set ANZOO_API_KEY to require 'Authorization: Bearer <key>' on /segment*.
+    """
+    import os
+
+    import uvicorn
+
+    from .server.app import API_KEY_ENV, ServeSettings, create_app
+
+    model_ids = list(dict.fromkeys(models or [DEFAULT_MODEL]))
+    if weights is not None and len(model_ids) != 1:
+        raise typer.BadParameter("--weights needs exactly one --model")
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             request_timeout_s=timeout, max_body_bytes=int(max_body_mb * 1_000_000),
+                             max_pixels=max_pixels, cors_origins=tuple(cors_origins or ()))
+    loaded = {}
+    for model_id in model_ids:
+        log.info("loading %s", model_id)
+        loaded[model_id] = load_model(model_id, weights, device)
+    app = create_app(loaded, settings=settings, device=device, fp16=fp16, scale=(max(scale), min(scale)))
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without an API key: anyone who can reach it may use it "
+                    "(set %s to require one)", host, API_KEY_ENV)
+    log.info("serving %s on http://%s:%d (max batch %d, max wait %g ms, queue %d%s)",
+             ", ".join(model_ids), host, port, max_batch, max_wait_ms, max_queue,
+             ", API key required" if api_key else "")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5,
+                timeout_graceful_shutdown=max(5, int(timeout)))
 
 # =========================================================================== train
 # (coming: `anzoo train`)

@@ -16,7 +16,8 @@ from .models.detection.convert import convert_mmdet_v1_state_dict
 from .models.detection.detector import TwoStageDetector
 from .zoo import ZooEntry, get_entry
 
-__all__ = ["create_model", "load_detector_weights", "save_model", "resolve_device", "check_checkpoint_fits"]
+__all__ = ["create_model", "load_detector_weights", "save_model", "resolve_device", "check_checkpoint_fits",
+           "check_backbone_checkpoint_fits"]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,19 @@ def load_detector_weights(model: TwoStageDetector, entry: ZooEntry, path: str | 
     load_state_dict_strict(model, sd, what=f"checkpoint {source} (for {entry.id})")
 
 
-def check_checkpoint_fits(entry: ZooEntry, path: str | os.PathLike[str]) -> None:
-    """Raise CheckpointError unless the file is a checkpoint of ``entry``'s architecture."""
+def check_checkpoint_fits(model_id: str, path: str | os.PathLike[str]) -> None:
+    """Raise CheckpointError unless the file is a checkpoint of the zoo entry's architecture
+    (used by ``anzoo import`` before a hand-downloaded file enters the cache)."""
+    entry = get_entry(model_id)
     model = _build(entry, _checkpoint_arch(read_checkpoint(path)))
     load_detector_weights(model, entry, path)
+
+
+def check_backbone_checkpoint_fits(backbone_id: str, path: str | os.PathLike[str]) -> None:
+    """Raise CheckpointError unless the file is an ImageNet checkpoint of that backbone."""
+    from .models.backbones import create_backbone
+
+    create_backbone(backbone_id, num_classes=1000, pretrained=path)
 
 
 def _checkpoint_arch(ckpt: Any) -> dict[str, Any] | None:
@@ -73,7 +83,13 @@ def _build(entry: ZooEntry, arch: dict[str, Any] | None = None, class_names: lis
            ) -> TwoStageDetector:
     a = dict(_arch(entry))
     if arch:
-        a.update({k: v for k, v in arch.items() if k in a})
+        # A saved model may carry its own classes (fine-tuning), never another architecture.
+        differs = [f"{k} {arch[k]!r} (expected {a[k]!r})" for k in ("detector", "backbone", "head_norm")
+                   if k in arch and arch[k] != a[k]]
+        if differs:
+            raise CheckpointError(f"checkpoint does not fit {entry.id}: it holds a model with "
+                                  + ", ".join(differs))
+        a["num_classes"] = arch.get("num_classes", a["num_classes"])
     names = class_names if class_names is not None else entry.class_names
     model = build_detector(a["detector"], a["backbone"], a["head_norm"], num_classes=int(a["num_classes"]),
                            class_names=names)

@@ -14,24 +14,32 @@ v1 did would change its detections. Grouping keeps batched results identical to 
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .data.images import load_image
+from .errors import AnzooError
 from .data.results import instances_to_records
-from .data.transforms import ImageMeta, pad_to_batch, padded_shape, preprocess_image
+from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
 from .factory import resolve_device
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import paste_masks_fast, paste_masks_legacy
 from .structures import Instances
+from .visualize import draw_instances
 
-__all__ = ["Predictor", "MASK_PASTE_MODES"]
+__all__ = ["Predictor", "MASK_PASTE_MODES", "FileResult", "atomic_write_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +57,12 @@ class Predictor:
         mask_paste: 'legacy' (OpenCV, exactly mmdetection v1), 'fast' (batched torch on the
             device, equal up to rounding at the 0.5 threshold), 'auto' (fast on CUDA, legacy on CPU).
         channels_last: use the channels-last memory format (faster convolutions on GPUs).
+        scale: (long, short) test scale; the released models were evaluated at (1333, 800).
     """
 
     def __init__(self, model: TwoStageDetector, device: str | torch.device | None = None,
                  fp16: bool = False, batch_size: int = 1, mask_paste: str = "auto",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, scale: tuple[int, int] = TEST_SCALE) -> None:
         if mask_paste not in MASK_PASTE_MODES:
             raise ValueError(f"mask_paste must be one of {MASK_PASTE_MODES}")
         if batch_size < 1:
@@ -65,13 +74,13 @@ class Predictor:
         self.channels_last = channels_last
         self.fp16 = fp16
         self.batch_size = batch_size
+        self.scale = tuple(scale)
         self.mask_paste = ("fast" if self.device.type == "cuda" else "legacy") if mask_paste == "auto" else mask_paste
 
     # ----------------------------------------------------------------- stages
-    @staticmethod
-    def preprocess(image: Any) -> tuple[torch.Tensor, ImageMeta]:
+    def preprocess(self, image: Any) -> tuple[torch.Tensor, ImageMeta]:
         """Load (if needed) and preprocess one image exactly as mmdetection v1's test pipeline."""
-        return preprocess_image(load_image(image))
+        return preprocess_image(load_image(image), scale=self.scale)
 
     def _autocast(self):
         if not self.fp16:
@@ -80,11 +89,15 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def detect_batch(self, tensors: Sequence[torch.Tensor], metas: Sequence[ImageMeta],
+    def detect_batch(self, tensors: Sequence[torch.Tensor] | torch.Tensor, metas: Sequence[ImageMeta],
                      with_masks: bool = True) -> list[Detections]:
-        """Model forward on preprocessed images (any shapes; padded together)."""
-        batch = pad_to_batch(list(tensors))
-        if self.device.type == "cuda":
+        """Model forward on preprocessed images (any shapes; padded together), or on an
+        already padded (N, 3, H, W) batch such as the COCO DataLoader yields."""
+        if isinstance(tensors, torch.Tensor) and tensors.dim() == 4:
+            batch = tensors
+        else:
+            batch = pad_to_batch(list(tensors))
+        if self.device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
             batch = batch.pin_memory()
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -99,15 +112,19 @@ class Predictor:
             det = Detections(det.image_size, det.boxes[keep], det.scores[keep], det.labels[keep],
                              None if det.mask_probs is None else det.mask_probs[keep],
                              None if det.mask_boxes is None else det.mask_boxes[keep])
-        masks = None
-        if det.mask_probs is not None:
-            boxes = det.mask_boxes if det.mask_boxes is not None else det.boxes
-            if self.mask_paste == "fast":
-                masks = paste_masks_fast(det.mask_probs, boxes, det.image_size)
-            else:
-                masks = paste_masks_legacy(det.mask_probs.cpu(), boxes.cpu(), det.image_size)
+        masks = self.paste_masks(det)
         return Instances(image_size=det.image_size, boxes=det.boxes.cpu(), scores=det.scores.cpu(),
                          labels=det.labels.cpu(), masks=None if masks is None else masks.cpu())
+
+    def paste_masks(self, det: Detections) -> torch.Tensor | None:
+        """(N, h, w) bool full-image masks of all of ``det`` ('fast': on det's device, 'legacy':
+        on the CPU), or None for box-only detections. Evaluation calls it in worker threads."""
+        if det.mask_probs is None:
+            return None
+        boxes = det.mask_boxes if det.mask_boxes is not None else det.boxes
+        if self.mask_paste == "fast":
+            return paste_masks_fast(det.mask_probs, boxes, det.image_size)
+        return paste_masks_legacy(det.mask_probs.cpu(), boxes.cpu(), det.image_size)
 
     # -------------------------------------------------------------- batching
     def batches(self, metas: Sequence[ImageMeta]) -> list[list[int]]:
@@ -138,12 +155,106 @@ class Predictor:
         instances = self.predict_instances(images, score_thr=score_thr)
         return [self.records(inst, score_thr=score_thr, mask_format=mask_format) for inst in instances]
 
-    def records(self, inst: Instances, score_thr: float = 0.0, mask_format: str | None = "rle") -> list[dict]:
-        from .data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+    def class_names(self) -> list[str]:
+        from .data.coco import COCO_CLASSES
 
-        names = self.model.class_names or list(COCO_CLASSES)
-        cat_ids = list(COCO_CATEGORY_IDS) if self.model.class_names is None else list(range(1, len(names) + 1))
-        return instances_to_records(inst, names, cat_ids, score_thr=score_thr, mask_format=mask_format)
+        return list(self.model.class_names or COCO_CLASSES)
+
+    def category_ids(self) -> list[int]:
+        """Dataset category id of each contiguous label (COCO's ids for the zoo's models)."""
+        from .data.coco import COCO_CATEGORY_IDS
+
+        ids = getattr(self.model, "category_ids", None)
+        if ids:
+            return list(ids)
+        if self.model.class_names is None:
+            return list(COCO_CATEGORY_IDS)
+        return list(range(1, len(self.model.class_names) + 1))
+
+    def records(self, inst: Instances, score_thr: float = 0.0, mask_format: str | None = "rle",
+                max_instances: int | None = None) -> list[dict]:
+        return instances_to_records(inst, self.class_names(), self.category_ids(), score_thr=score_thr,
+                                    mask_format=mask_format, max_instances=max_instances)
+
+    # ------------------------------------------------------------ image files
+    def predict_files(self, paths: Sequence[Path], out_dir: Path, score_thr: float = 0.3,
+                      window: int = 16) -> Iterator[FileResult]:
+        """Predict image files and write ``<stem>.json`` (records) and ``<stem>.png`` (overlay)
+        into ``out_dir`` for each; yields one :class:`FileResult` per file, in input order.
+
+        A file that cannot be read yields a result with ``error`` set; the others still run.
+        Files are read ``window`` at a time so that same-shape images can share a batch.
+        """
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stems = _unique_stems(paths)
+        for start in range(0, len(paths), window):
+            chunk = list(range(start, min(start + window, len(paths))))
+            loaded: dict[int, tuple[np.ndarray, torch.Tensor, ImageMeta]] = {}
+            failed: dict[int, str] = {}
+            for i in chunk:
+                try:
+                    image = load_image(paths[i])
+                    tensor, meta = preprocess_image(image, scale=self.scale)
+                    loaded[i] = (image, tensor, meta)
+                except AnzooError as exc:
+                    failed[i] = str(exc)
+            done: dict[int, FileResult] = {}
+            order = [i for i in chunk if i in loaded]
+            for group in self.batches([loaded[i][2] for i in order]):
+                idx = [order[g] for g in group]
+                t0 = time.perf_counter()
+                dets = self.detect_batch([loaded[i][1] for i in idx], [loaded[i][2] for i in idx])
+                seconds = (time.perf_counter() - t0) / len(idx)
+                for i, det in zip(idx, dets):
+                    inst = self.paste(det, score_thr)
+                    records = self.records(inst, score_thr=score_thr)
+                    json_path = out_dir / f"{stems[i]}.json"
+                    png_path = out_dir / f"{stems[i]}.png"
+                    atomic_write_bytes(json_path, json.dumps(records).encode())
+                    overlay = draw_instances(loaded[i][0], inst, self.class_names(), score_thr)
+                    buf = io.BytesIO()
+                    overlay.save(buf, format="PNG")
+                    atomic_write_bytes(png_path, buf.getvalue())
+                    done[i] = FileResult(paths[i], records, json_path, png_path, seconds)
+            for i in chunk:
+                yield done[i] if i in done else FileResult(paths[i], [], None, None, 0.0, failed[i])
+
+
+@dataclass
+class FileResult:
+    """The outcome of predicting one image file."""
+
+    path: Path
+    records: list[dict]
+    json_path: Path | None
+    png_path: Path | None
+    seconds: float  # model time per image (batch time / batch size)
+    error: str | None = None
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names: the file stem, with the extension added where two inputs share a stem."""
+    stems = [p.stem for p in paths]
+    seen: dict[str, int] = {}
+    counts = {s: stems.count(s) for s in stems}
+    out = []
+    for p, stem in zip(paths, stems):
+        name = stem if counts[stem] == 1 else f"{stem}.{p.suffix.lstrip('.') or 'img'}"
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        out.append(name if n == 0 else f"{name}-{n}")
+    return out
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _as_list(images: Iterable[Any] | Any) -> list[Any]:

@@ -236,8 +236,14 @@ def test_keyboard_interrupt_exits_130(monkeypatch):
 
 # --------------------------------------------------------------------------- import
 def test_import(tmp_path, anzoo_home):
-    file = tmp_path / "r50.pth"
-    file.write_bytes(checkpoint_bytes())
+    from manifests import mmdet_checkpoint
+
+    file = mmdet_checkpoint("r50-an", tmp_path / "r50.pth")
+    result = run("import", "r50-bn", str(file))  # another architecture: refused
+    assert result.exit_code == 1
+    assert "does not fit" in error_line(result) or "do not belong" in error_line(result)
+    assert hub.cached_weights("r50-bn") is None
+
     result = run("import", "r50-an", str(file))
     assert result.exit_code == 0, result.output
     path = anzoo_home / "models" / "r50-an" / "r50-an.pth"
@@ -251,9 +257,9 @@ def test_import(tmp_path, anzoo_home):
     assert "web page" in error_line(result)
     assert hub.cached_weights("r50-bn") is None
 
-    result = run("import", "--backbone", "r50-an", str(file))
-    assert result.exit_code == 0
-    assert hub.cached_backbone_weights("r50-an") is not None
+    result = run("import", "--backbone", "r50-an", str(file))  # a detector is not a backbone
+    assert result.exit_code == 1
+    assert hub.cached_backbone_weights("r50-an") is None
 
 
 # --------------------------------------------------------------------------- entry points

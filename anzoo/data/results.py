@@ -33,6 +33,7 @@ __all__ = [
     "decode_mask_rle",
     "encode_mask_rle",
     "encode_masks_rle",
+    "encode_masks_rle_torch",
     "instances_to_coco",
     "instances_to_records",
     "mask_to_polygons",
@@ -82,6 +83,36 @@ def encode_masks_rle(masks: Any) -> list[dict[str, Any]]:
             "size": [int(rle["size"][0]), int(rle["size"][1])],
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
         })
+    return out
+
+
+def encode_masks_rle_torch(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """(N, H, W) bool masks on any device -> N RLE dicts, equal to :func:`encode_masks_rle`'s.
+
+    The run boundaries are found where the masks are (e.g. on the GPU, next to the pasting)
+    and only they cross to the host, not N full-image masks; pycocotools then compresses each
+    run-length list. Used by evaluation on CUDA.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"encode_masks_rle_torch expects (N, H, W) masks, got {tuple(masks.shape)}")
+    num, height, width = (int(v) for v in masks.shape)
+    if num == 0:
+        return []
+    # COCO RLE runs over the pixels in column-major order, starting with a run of zeros.
+    flat = masks.to(torch.bool).transpose(1, 2).reshape(num, height * width)
+    change = torch.empty_like(flat)
+    change[:, 0] = flat[:, 0]
+    torch.ne(flat[:, 1:], flat[:, :-1], out=change[:, 1:])
+    where = change.nonzero().cpu().numpy()  # (K, 2): mask index, pixel index; row-major sorted
+    per_mask = np.bincount(where[:, 0], minlength=num)
+    ends = np.cumsum(per_mask)
+    out = []
+    for i in range(num):
+        starts = where[ends[i] - per_mask[i]:ends[i], 1]
+        counts = np.diff(np.concatenate(([0], starts, [height * width])))
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+        code = rle["counts"]
+        out.append({"size": [height, width], "counts": code.decode("ascii") if isinstance(code, bytes) else code})
     return out
 
 
@@ -135,6 +166,7 @@ def instances_to_coco(
     *,
     legacy_box: bool = True,
     with_masks: bool = True,
+    rles: Sequence[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO result records of one image, as mmdetection v1 wrote ``results.{bbox,segm}.json``.
 
@@ -146,16 +178,20 @@ def instances_to_coco(
     each detection's ``area`` from the box (w * h) instead of the mask, which decides which
     unmatched detections the small/medium/large segm metrics ignore. Drop ``segmentation``
     for the bbox file (``with_masks=False``) to keep it small.
+
+    ``rles``: the instances' masks already encoded (e.g. by :func:`encode_masks_rle_torch`
+    on the GPU); used instead of ``instances.masks`` when given.
     """
     labels = _to_numpy(instances.labels).astype(np.int64)
     _check_labels(labels, len(category_ids))
     xywh = boxes_to_xywh(instances.boxes, legacy_box)
     scores = _to_numpy(instances.scores)
-    rles = (
-        encode_masks_rle(instances.masks)
-        if with_masks and instances.masks is not None
-        else None
-    )
+    if rles is not None:
+        if len(rles) != len(labels):
+            raise ValueError(f"got {len(rles)} RLEs for {len(labels)} instances")
+        rles = list(rles) if with_masks else None
+    elif with_masks and instances.masks is not None:
+        rles = encode_masks_rle(instances.masks)
     records = []
     for i in range(len(labels)):
         record: dict[str, Any] = {

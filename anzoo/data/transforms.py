@@ -50,6 +50,11 @@ __all__ = [
     "rescale_factor",
     "rescale_size",
     "resize_image",
+    # training
+    "flip_boxes",
+    "rescale_boxes",
+    "rescale_masks",
+    "train_transform",
 ]
 
 #: (long edge, short edge) limits of the test-time resize.
@@ -180,3 +185,88 @@ def pad_to_batch(tensors: Sequence[torch.Tensor], size_divisor: int = SIZE_DIVIS
     for i, tensor in enumerate(tensors):
         batch[i, :, : tensor.shape[1], : tensor.shape[2]].copy_(tensor)
     return batch
+
+
+# ============================================================================ training
+# mmdetection v1's training pipeline (``datasets/pipelines/transforms.py`` of the reference
+# fork, as every config under ``configs/attn_norm/`` uses it)::
+#
+#     Resize(img_scale=(1333, 800), keep_ratio=True) -> RandomFlip(0.5) -> Normalize -> Pad(32)
+#
+# * the image is resized exactly as at test time (:func:`preprocess_image` steps 1-3);
+# * boxes ``(x1, y1, x2, y2)`` (inclusive pixels) are multiplied by the single scale factor
+#   and clipped to ``[0, w - 1] x [0, h - 1]`` of the resized image, in float32;
+# * masks are resized to the image's new size with nearest-neighbour interpolation
+#   (``mmcv.imrescale(mask, scale_factor, interpolation='nearest')`` gives the same size);
+# * a horizontal flip mirrors the image and masks and maps ``x1' = w - x2 - 1``,
+#   ``x2' = w - x1 - 1``;
+# * masks stay at the resized image's size here: mmdet pads them to the padded shape, but
+#   every RoI a mask is cropped with lies inside the resized image, so the padding is never read.
+
+
+def rescale_boxes(boxes: np.ndarray, scale_factor: float, img_shape: tuple[int, int]) -> np.ndarray:
+    """``(K, 4)`` boxes times ``scale_factor``, clipped to the resized image ``(h, w)``."""
+    out = np.asarray(boxes, dtype=np.float32) * np.float32(scale_factor)
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, img_shape[1] - 1)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, img_shape[0] - 1)
+    return out
+
+
+def rescale_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``(K, H, W)`` uint8 masks resized to ``(K, height, width)``, nearest neighbour."""
+    out = np.empty((masks.shape[0], int(height), int(width)), dtype=np.uint8)
+    for i, mask in enumerate(masks):
+        out[i] = cv2.resize(np.ascontiguousarray(mask), (int(width), int(height)),
+                            interpolation=cv2.INTER_NEAREST)
+    return out
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Mirror ``(K, 4)`` inclusive-pixel boxes in an image ``width`` pixels wide."""
+    flipped = np.array(boxes, dtype=np.float32, copy=True)
+    flipped[:, 0] = width - boxes[:, 2] - 1
+    flipped[:, 2] = width - boxes[:, 0] - 1
+    return flipped
+
+
+def train_transform(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    masks: np.ndarray,
+    scale: Sequence[int] = TEST_SCALE,
+    flip: bool = False,
+    size_divisor: int = SIZE_DIVISOR,
+) -> tuple[torch.Tensor, ImageMeta, np.ndarray, np.ndarray]:
+    """mmdetection v1's training transform of one image and its annotations.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        boxes: (K, 4) float ``(x1, y1, x2, y2)`` in original-image pixels, inclusive corners
+            (COCO ``[x, y, w, h]`` becomes ``[x, y, x + w - 1, y + h - 1]``).
+        masks: (K, H, W) uint8 0/1 masks of the original image.
+        scale: (long, short) edge limits of the keep-ratio resize.
+        flip: mirror left-right (the caller draws it, with probability 0.5 in the recipe).
+
+    Returns:
+        The normalized, unpadded float32 image (3, h, w), its :class:`ImageMeta`
+        (``flipped`` set), the boxes (K, 4) float32 and masks (K, h, w) uint8 of the result.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"train_transform expects an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+    height, width = image.shape[:2]
+    masks = np.asarray(masks, dtype=np.uint8)
+    if masks.shape[1:] != (height, width):
+        raise ValueError(f"masks of shape {masks.shape[1:]} for an image of {(height, width)}")
+    new_w, new_h, factor = rescale_size(width, height, scale)
+    resized = resize_image(image, new_w, new_h)
+    boxes = rescale_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), factor, (new_h, new_w))
+    masks = rescale_masks(masks, new_w, new_h)
+    if flip:
+        resized = resized[:, ::-1]
+        boxes = flip_boxes(boxes, new_w)
+        masks = np.ascontiguousarray(masks[:, :, ::-1])
+    chw = np.ascontiguousarray(normalize_image(resized).transpose(2, 0, 1))
+    meta = ImageMeta(orig_size=(height, width), img_shape=(new_h, new_w),
+                     pad_shape=padded_shape(new_h, new_w, size_divisor), scale_factor=factor,
+                     flipped=bool(flip))
+    return torch.from_numpy(chw), meta, boxes, masks

@@ -16,8 +16,11 @@ from torch import nn
 from .box_coder import LegacyBoxCoder
 from .detections import Detections
 from .heads import BoxPredictor, ConvFCBoxHead, MaskHead
+from .losses import accuracy, box_head_loss, mask_loss
 from .postprocess import legacy_mask_boxes, legacy_rescale_boxes, multiclass_nms
 from .roi_align import LegacyMultiScaleRoIAlign
+from .targets import (CASCADE_STAGE_LOSS_WEIGHTS, CASCADE_TRAIN_CFGS, MASK_RCNN_TRAIN_CFG, RCNNTrainConfig,
+                      SamplingResult, mask_targets, rcnn_targets, sample_rois)
 
 __all__ = ["TestConfig", "MaskRoIHeads", "CascadeStage", "CascadeRoIHeads", "boxes_to_rois",
            "CASCADE_STDS"]
@@ -122,6 +125,23 @@ class MaskRoIHeads(_RoIHeadsBase):
         logits = self.mask_head(self.mask_roi_pool(features, mask_rois))
         self._select_label_channel(torch.sigmoid(logits.float()), detections)
 
+    # ------------------------------------------------------------------ training
+    #: ``train_cfg.rcnn`` (None: the configs' MASK_RCNN_TRAIN_CFG); replace to experiment.
+    train_cfg: RCNNTrainConfig | None = None
+
+    def forward_train(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+                      gt_boxes: Sequence[torch.Tensor], gt_classes: Sequence[torch.Tensor],
+                      gt_masks: Sequence[torch.Tensor], img_shapes: Sequence[tuple[int, int]]
+                      ) -> dict[str, torch.Tensor]:
+        """mmdet v1 ``TwoStageDetector.forward_train`` after the RPN: sample RoIs, box and mask
+        losses. ``gt_classes`` are class channels (label + 1); ``gt_masks`` per image
+        ``(K_i, h, w)`` uint8 masks of the resized image (CPU)."""
+        cfg = self.train_cfg or MASK_RCNN_TRAIN_CFG
+        samples = sample_rois(proposals, gt_boxes, gt_classes, cfg)
+        losses, _, _, _ = _train_stage(self, features, samples, self.box_head, self.box_predictor,
+                                       self.mask_head, self.box_coder, gt_masks, cfg)
+        return losses
+
 
 class CascadeStage(nn.Module):
     """One Cascade stage: a 2-fc box head with class-agnostic regression and a mask head."""
@@ -183,3 +203,76 @@ class CascadeRoIHeads(_RoIHeadsBase):
                 probs = sum(torch.sigmoid(stage.mask_head(mask_feats).float()) for stage in self.stages)
                 self._select_label_channel(probs / len(self.stages), detections)
         return detections
+
+    # ------------------------------------------------------------------ training
+    #: per-stage ``train_cfg.rcnn`` and ``stage_loss_weights`` (None: the configs').
+    train_cfgs: Sequence[RCNNTrainConfig] | None = None
+    stage_loss_weights: Sequence[float] | None = None
+
+    def forward_train(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+                      gt_boxes: Sequence[torch.Tensor], gt_classes: Sequence[torch.Tensor],
+                      gt_masks: Sequence[torch.Tensor], img_shapes: Sequence[tuple[int, int]]
+                      ) -> dict[str, torch.Tensor]:
+        """mmdet v1 ``CascadeRCNN.forward_train`` after the RPN. Stage i samples from the
+        previous stage's refined RoIs (ground truths added as proposals dropped again), its
+        losses are weighted by ``stage_loss_weights[i]`` and named ``s{i}.loss_*``."""
+        cfgs = list(self.train_cfgs or CASCADE_TRAIN_CFGS)
+        weights = list(self.stage_loss_weights or CASCADE_STAGE_LOSS_WEIGHTS)
+        if len(cfgs) != len(self.stages) or len(weights) != len(self.stages):
+            raise ValueError(f"{len(self.stages)} stages but {len(cfgs)} train configs and "
+                             f"{len(weights)} loss weights")
+        losses: dict[str, torch.Tensor] = {}
+        last = len(self.stages) - 1
+        for i, (stage, cfg, weight) in enumerate(zip(self.stages, cfgs, weights)):
+            samples = sample_rois(proposals, gt_boxes, gt_classes, cfg)
+            stage_losses, rois, labels, deltas = _train_stage(
+                self, features, samples, stage.box_head, stage.box_predictor, stage.mask_head,
+                stage.box_coder, gt_masks, cfg)
+            for name, value in stage_losses.items():
+                losses[f"s{i}.{name}"] = value * weight if "loss" in name else value
+            if i < last:
+                with torch.no_grad():
+                    proposals = _refine_rois(rois, labels, deltas.detach().float(), samples,
+                                             stage.box_coder, img_shapes)
+        return losses
+
+
+def _train_stage(heads: _RoIHeadsBase, features: list[torch.Tensor], samples: list[SamplingResult],
+                 box_head: nn.Module, box_predictor: BoxPredictor, mask_head: nn.Module,
+                 coder: LegacyBoxCoder, gt_masks: Sequence[torch.Tensor], cfg: RCNNTrainConfig
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Box and mask losses of one stage; also returns its RoIs, their class channels and deltas
+    (for Cascade's refinement)."""
+    rois = boxes_to_rois([s.boxes for s in samples]).to(features[0].device)
+    cls_logits, deltas = box_predictor(box_head(heads.box_roi_pool(features, rois)))
+    labels, bbox_targets = rcnn_targets(samples, coder)
+    loss_cls, loss_bbox = box_head_loss(cls_logits, deltas, labels, bbox_targets,
+                                        box_predictor.class_agnostic, cfg.smooth_l1_beta)
+    # the mask head runs even without positives (zero loss) so every rank uses it under DDP
+    pos_rois = boxes_to_rois([s.pos_boxes for s in samples]).to(features[0].device)
+    mask_logits = mask_head(heads.mask_roi_pool(features, pos_rois))
+    pos_labels = torch.cat([s.pos_gt_labels for s in samples if s.pos_gt_labels is not None]) \
+        if samples else torch.zeros(0, dtype=torch.long, device=rois.device)
+    targets = mask_targets(samples, gt_masks, cfg.mask_size)
+    losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "acc": accuracy(cls_logits.float(), labels),
+              "loss_mask": mask_loss(mask_logits, targets, pos_labels)}
+    return losses, rois, labels, deltas
+
+
+def _refine_rois(rois: torch.Tensor, labels: torch.Tensor, deltas: torch.Tensor,
+                 samples: Sequence[SamplingResult], coder: LegacyBoxCoder,
+                 img_shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """mmdet v1 ``BBoxHead.refine_bboxes``: apply a stage's deltas to its sampled RoIs, clipped
+    to each image, and drop the ground truths that were added as proposals."""
+    if deltas.shape[1] != 4:  # class-specific regression: the deltas of the RoI's class
+        cols = (labels[:, None] * 4 + torch.arange(4, device=labels.device)[None, :])
+        deltas = deltas.gather(1, cols)
+    refined, start = [], 0
+    for s, shape in zip(samples, img_shapes):
+        count = s.num_pos + int(s.neg_inds.numel())
+        boxes = coder.decode(rois[start:start + count, 1:], deltas[start:start + count], max_shape=shape)
+        keep = torch.ones(count, dtype=torch.bool, device=boxes.device)
+        keep[: s.num_pos] = ~s.pos_is_gt.to(boxes.device)
+        refined.append(boxes[keep])
+        start += count
+    return refined

@@ -44,7 +44,7 @@ from .anchors import LegacyAnchorGenerator
 from .box_coder import LegacyBoxCoder
 from .box_ops import legacy_batched_nms, legacy_nms
 
-__all__ = ["RPNProposalConfig", "LegacyRPN", "select_proposals"]
+__all__ = ["RPNProposalConfig", "RPNTargetConfig", "LegacyRPN", "select_proposals"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,23 @@ class RPNProposalConfig:
 RPN_TEST_CFG = RPNProposalConfig(nms_pre=1000, nms_post=1000, max_num=1000, nms_thr=0.7)
 #: ``train_cfg.rpn_proposal`` of the same configs.
 RPN_TRAIN_CFG = RPNProposalConfig(nms_pre=2000, nms_post=2000, max_num=2000, nms_thr=0.7)
+
+
+@dataclass(frozen=True)
+class RPNTargetConfig:
+    """mmdet v1's ``train_cfg.rpn``: anchor assignment, sampling and loss settings."""
+
+    pos_iou_thr: float = 0.7
+    neg_iou_thr: float = 0.3
+    min_pos_iou: float = 0.3
+    num_samples: int = 256
+    pos_fraction: float = 0.5
+    allowed_border: float = 0
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+#: ``train_cfg.rpn`` of every config in ``configs/attn_norm``.
+RPN_TARGET_CFG = RPNTargetConfig()
 
 
 def select_proposals(
@@ -223,3 +240,54 @@ class LegacyRPN(nn.Module):
                 self.box_coder,
                 self.proposal_cfg,
             )
+
+    # ------------------------------------------------------------------ training
+    #: anchor targets and loss settings (``train_cfg.rpn``); replace to experiment.
+    target_cfg: RPNTargetConfig = RPN_TARGET_CFG
+
+    def losses(
+        self,
+        objectness: Sequence[Tensor],
+        deltas: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        gt_boxes: Sequence[Tensor],
+        image_shapes: Sequence[tuple[int, int]],
+        pad_shapes: Sequence[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        """mmdet v1's ``RPNHead.loss``: ``loss_rpn_cls`` and ``loss_rpn_bbox`` of a batch.
+
+        Args:
+            objectness, deltas: :meth:`head_outputs` of the batch.
+            anchors: :meth:`anchors` (per level ``(H*W*A, 4)``).
+            gt_boxes: per image ``(K_i, 4)`` ground-truth boxes in resized-image pixels
+                (crowd regions left out).
+            image_shapes: per image ``(h, w)`` after resizing, before padding.
+            pad_shapes: per image ``(h, w)`` padded to the size divisor on its own (anchors
+                beyond it are invalid, as in mmdet's ``valid_flags``).
+        """
+        from .losses import rpn_loss
+        from .targets import MaxIoUAssigner, RandomSampler, rpn_targets
+
+        cfg = self.target_cfg
+        sizes = [(int(o.shape[-2]), int(o.shape[-1])) for o in objectness]
+        batch = objectness[0].shape[0]
+        flat_anchors = torch.cat(list(anchors))
+        valid = []
+        for pad in pad_shapes:
+            valid_sizes = self.anchor_generator.valid_sizes_for_image(sizes, pad)
+            flags = self.anchor_generator.valid_flags(sizes, valid_sizes, device=flat_anchors.device)
+            valid.append(torch.cat(flags))
+        with torch.no_grad():
+            targets = rpn_targets(
+                flat_anchors, valid, [g.to(flat_anchors.device).float() for g in gt_boxes],
+                image_shapes, self.box_coder,
+                MaxIoUAssigner(cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou),
+                RandomSampler(cfg.num_samples, cfg.pos_fraction, add_gt_as_proposals=False),
+                cfg.allowed_border,
+            )
+        logits = torch.cat([o.permute(0, 2, 3, 1).reshape(batch, -1) for o in objectness], dim=1)
+        regs = torch.cat([d.permute(0, 2, 3, 1).reshape(batch, -1, 4) for d in deltas], dim=1)
+        loss_cls, loss_bbox = rpn_loss(logits, regs, targets.labels, targets.label_weights,
+                                       targets.bbox_targets, targets.bbox_weights,
+                                       targets.num_total_samples, cfg.smooth_l1_beta)
+        return {"loss_rpn_cls": loss_cls, "loss_rpn_bbox": loss_bbox}

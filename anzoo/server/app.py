@@ -1,0 +1,644 @@
+"""The instance-segmentation service: a FastAPI app around :class:`anzoo.inference.Predictor`.
+
+Request path of ``POST /segment``::
+
+    auth -> options (query, then multipart fields) -> body (streamed, size-limited)
+      -> [thread] header check (pixels, shape) -> decode -> preprocess
+      -> DynamicBatcher (one worker thread; batches by (model, padded shape))
+           -> Predictor.detect_batch -> Predictor.paste
+      -> [thread] records (RLE / polygons) -> JSON bytes
+
+Decoding and encoding run in the threadpool, model work on the batcher's single worker, so
+the event loop only moves bytes. Every error a client can cause is an :class:`ApiError`
+answered as ``{"error": kind, "message": ..., "status": code}`` with a 4xx code; a full queue
+is a 503 with ``Retry-After``; a request waiting longer than the timeout gets a 504.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
+from ..data.transforms import TEST_SCALE, padded_shape, preprocess_image, rescale_size
+from ..errors import AnzooError, ImageError
+from ..inference import Predictor
+from ..structures import Instances
+from ..visualize import draw_instances
+from .batching import DynamicBatcher, NotRunningError, QueueFullError
+from .metrics import CONTENT_TYPE, ServiceMetrics
+from .schemas import (
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    ModelsResponse,
+    Readiness,
+    SegmentOptions,
+    SegmentResponse,
+    ZooInfo,
+    options_openapi_parameters,
+)
+
+__all__ = ["ApiError", "ServeSettings", "SegmentService", "create_app", "API_KEY_ENV"]
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "ANZOO_API_KEY"
+STATIC_DIR = Path(__file__).with_name("static")
+RAW_BODY_TYPES = ("application/octet-stream",)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and behaviour of the service (the ``anzoo serve`` options)."""
+
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64
+    request_timeout_s: float = 60.0
+    max_body_bytes: int = 20_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: None: read ``$ANZOO_API_KEY``; "" disables auth.
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    warmup: bool = True
+    #: Retry-After (seconds) sent with 503 answers.
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        checks = {"max_batch": self.max_batch >= 1, "max_queue": self.max_queue >= 1,
+                  "max_wait_ms": self.max_wait_ms >= 0, "request_timeout_s": self.request_timeout_s > 0,
+                  "max_body_bytes": self.max_body_bytes > 0, "max_pixels": self.max_pixels > 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid server settings: {', '.join(bad)}")
+
+
+class ApiError(Exception):
+    """An error answered to the client (4xx, or 503/504 for load)."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.headers = headers or {}
+
+
+def _error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message, "status": status}, status_code=status,
+                        headers=headers)
+
+
+# --------------------------------------------------------------------------- the model side
+@dataclass
+class _Prepared:
+    tensor: torch.Tensor
+    meta: Any
+    score_thr: float
+
+
+@dataclass
+class _Inferred:
+    instances: Instances
+    batch_size: int
+    inference_s: float
+
+
+@dataclass
+class _Decoded:
+    tensor: torch.Tensor
+    meta: Any
+    rgb: np.ndarray | None
+    seconds: float
+
+
+@dataclass
+class SegmentService:
+    """The predictors, the batcher and the metrics behind the HTTP routes."""
+
+    predictors: dict[str, Predictor]
+    settings: ServeSettings
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+
+    def __post_init__(self) -> None:
+        if not self.predictors:
+            raise ValueError("the service needs at least one model")
+        self.default_model = next(iter(self.predictors))
+        #: requests past the admission check and not answered yet (touched on the event loop only)
+        self.admitted = 0
+        self.batcher = DynamicBatcher(
+            self._run_batch, max_batch=self.settings.max_batch,
+            max_wait_s=self.settings.max_wait_ms / 1000.0, max_queue=self.settings.max_queue,
+            startup=self._warmup, on_depth=self.metrics.queue_depth.set)
+
+    # ------------------------------------------------------------ worker thread
+    def _warmup(self) -> None:
+        if not self.settings.warmup:
+            return
+        rng = np.random.default_rng(0)
+        for model_id, predictor in self.predictors.items():
+            long_side, short_side = predictor.scale
+            image = rng.integers(0, 256, (short_side, long_side, 3), dtype=np.uint8)
+            start = time.perf_counter()
+            tensor, meta = preprocess_image(image, scale=predictor.scale)
+            for det in predictor.detect_batch([tensor], [meta]):
+                predictor.paste(det, 0.0)
+            log.info("warmed up %s on %s in %.2f s", model_id, predictor.device,
+                     time.perf_counter() - start)
+
+    def _run_batch(self, key: tuple[str, tuple[int, int]], items: list[_Prepared]) -> list[_Inferred]:
+        predictor = self.predictors[key[0]]
+        start = time.perf_counter()
+        try:
+            detections = predictor.detect_batch([it.tensor for it in items], [it.meta for it in items])
+        except torch.cuda.OutOfMemoryError:
+            if len(items) == 1:
+                raise
+            log.warning("out of GPU memory on a batch of %d; running its images one by one", len(items))
+            torch.cuda.empty_cache()
+            return [self._run_batch(key, [it])[0] for it in items]
+        instances = [predictor.paste(det, it.score_thr) for det, it in zip(detections, items)]
+        seconds = time.perf_counter() - start
+        self.metrics.batch_size.observe(len(items), model=key[0])
+        self.metrics.inference.observe(seconds, model=key[0])
+        return [_Inferred(inst, len(items), seconds) for inst in instances]
+
+    # ------------------------------------------------------------ threadpool work
+    def decode(self, data: bytes, model_id: str, keep_rgb: bool) -> _Decoded:
+        """Bytes -> preprocessed tensor (and the RGB image when rendering). Raises ApiError."""
+        start = time.perf_counter()
+        predictor = self.predictors[model_id]
+        limit = self.settings.max_pixels
+        try:
+            height, width = read_image_size(data, name="image")
+        except ImageError as exc:
+            raise ApiError(400, "invalid_image", str(exc)) from exc
+        if width * height > limit:
+            raise ApiError(413, "too_many_pixels",
+                           f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                           f"{limit} pixels")
+        new_w, new_h, _ = rescale_size(width, height, predictor.scale)
+        if new_w < 1 or new_h < 1:
+            raise ApiError(400, "invalid_image",
+                           f"image is {width}x{height} pixels: too thin to resize to the model's "
+                           f"scale {list(predictor.scale)} (it would be {new_w}x{new_h})")
+        try:
+            rgb = load_image(data, max_pixels=limit, name="image")
+        except ImageError as exc:
+            raise ApiError(400, "invalid_image", str(exc)) from exc
+        tensor, meta = preprocess_image(rgb, scale=predictor.scale)
+        return _Decoded(tensor, meta, rgb if keep_rgb else None, time.perf_counter() - start)
+
+    def encode_json(self, model_id: str, options: SegmentOptions, inferred: _Inferred,
+                    timing: dict[str, float]) -> bytes:
+        start = time.perf_counter()
+        predictor = self.predictors[model_id]
+        inst = inferred.instances
+        records = predictor.records(inst, score_thr=options.score_thr, mask_format=options.mask_format,
+                                    max_instances=options.max_instances)
+        instances = []
+        for rec in records:
+            mask = rec.pop("segmentation", None)
+            rec["mask"] = mask
+            instances.append(rec)
+        timing["encode_ms"] = (time.perf_counter() - start) * 1000.0
+        timing["total_ms"] = (time.perf_counter() - timing.pop("_t0")) * 1000.0
+        body = {
+            "model": model_id,
+            "width": inst.image_size[1],
+            "height": inst.image_size[0],
+            "mask_format": options.mask_format,
+            "instances": instances,
+            "timing": {k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
+        }
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+    def render_png(self, model_id: str, options: SegmentOptions, rgb: np.ndarray, inferred: _Inferred) -> bytes:
+        predictor = self.predictors[model_id]
+        kept = inferred.instances.above(options.score_thr).sorted_by_score()
+        kept = kept.select(slice(0, options.max_instances))
+        image = draw_instances(rgb, kept, predictor.class_names())
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=3)
+        return buffer.getvalue()
+
+    # ------------------------------------------------------------ info
+    def models_info(self) -> list[ModelInfo]:
+        from .. import zoo
+
+        out = []
+        for model_id, predictor in self.predictors.items():
+            try:
+                entry = zoo.get_entry(model_id)
+                zoo_info = ZooInfo(detector=entry.detector, backbone=entry.backbone,
+                                   backbone_norm=entry.backbone_norm, head_norm=entry.head_norm,
+                                   params_m=entry.params_m, box_ap=entry.box_ap, mask_ap=entry.mask_ap)
+            except AnzooError:
+                zoo_info = None
+            out.append(ModelInfo(id=model_id, default=model_id == self.default_model,
+                                 device=str(predictor.device), fp16=predictor.fp16,
+                                 scale=list(predictor.scale),
+                                 num_classes=len(predictor.class_names()), zoo=zoo_info))
+        return out
+
+
+# --------------------------------------------------------------------------- request helpers
+def _route_label(path: str) -> str:
+    if path in ("/segment", "/segment/render", "/models", "/healthz", "/readyz", "/metrics", "/"):
+        return path
+    if path.startswith("/static/"):
+        return "/static"
+    if path in ("/docs", "/openapi.json", "/redoc"):
+        return path
+    return "other"
+
+
+class _MetricsMiddleware:
+    """Counts requests by route and status and observes their latency (pure ASGI)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = _route_label(scope.get("path", ""))
+            self.metrics.requests.inc(route=route, status=str(status))
+            self.metrics.latency.observe(time.perf_counter() - start, route=route)
+
+
+def _check_auth(request: Request, api_key: str) -> None:
+    if not api_key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "this server needs an API key: send 'Authorization: Bearer <key>'",
+                       {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def _single_values(items: list[tuple[str, str]], source: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in items:
+        if name in values:
+            raise ApiError(400, "bad_option", f"option '{name}' is given more than once in the {source}")
+        values[name] = value
+    return values
+
+
+def _validate_options(raw: dict[str, Any]) -> SegmentOptions:
+    try:
+        return SegmentOptions.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "bad_option", _describe_validation(exc.errors(), raw)) from exc
+
+
+def _describe_validation(errors: list[Any], raw: Mapping[str, Any] | None = None) -> str:
+    allowed = ", ".join(SegmentOptions.model_fields)
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body")]
+        name = ".".join(loc) or "request"
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown option '{name}' (options: {allowed})")
+            continue
+        given = f" (got {raw[name]!r})" if raw is not None and name in raw else ""
+        parts.append(f"{name}: {err.get('msg', 'invalid value')}{given}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+        yield chunk
+
+
+async def _read_image(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    """The image bytes and the option fields of a multipart body (or of none, for a raw body)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, "body_too_large",
+                       f"request body is {int(length)} bytes, over the limit of {limit} bytes")
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        parser = MultiPartParser(request.headers, _limited_stream(request, limit), max_files=1,
+                                 max_fields=len(SegmentOptions.model_fields) + 1,
+                                 max_part_size=64 * 1024)
+        try:
+            form = await parser.parse()
+        except ApiError:
+            raise
+        except MultiPartException as exc:
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
+        except Exception as exc:  # python-multipart raises several kinds on garbage
+            raise ApiError(400, "bad_multipart", f"malformed multipart body ({type(exc).__name__})") from exc
+        try:
+            upload = form.get("image")
+            if upload is None:
+                raise ApiError(400, "missing_image",
+                               "the multipart body has no 'image' field: send the file as image=@photo.jpg")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "missing_image",
+                               "the 'image' field must be a file upload (a part with a filename)")
+            data = await upload.read()
+            fields = _single_values([(k, v) for k, v in form.multi_items() if k != "image"], "form")
+            for name, value in fields.items():
+                if not isinstance(value, str):
+                    raise ApiError(400, "bad_option", f"form field '{name}' must be a plain value, not a file")
+            return data, fields
+        finally:
+            await form.close()
+    if media_type and not media_type.startswith("image/") and media_type not in RAW_BODY_TYPES:
+        raise ApiError(415, "unsupported_media_type",
+                       f"unsupported Content-Type '{media_type}': send the image as the multipart field "
+                       "'image', or as the raw body with Content-Type image/* (e.g. image/jpeg)")
+    chunks = [chunk async for chunk in _limited_stream(request, limit)]
+    return b"".join(chunks), {}
+
+
+# --------------------------------------------------------------------------- the app
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in {
+        400: "Not an image, truncated or empty image, malformed body, unknown model.",
+        401: "Missing or wrong API key (when the server has one).",
+        413: "Body over the size limit, or image over the pixel limit.",
+        415: "Body is neither multipart/form-data nor image/*.",
+        422: "An option has a bad value.",
+        503: "Queue full or models not ready (see Retry-After).",
+        504: "The request waited longer than the server's timeout.",
+    }.items()
+}
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary",
+                                         "description": "The image file (JPEG, PNG, WebP, BMP, TIFF)."}},
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = None,
+               device: str | torch.device | None = None, fp16: bool = False,
+               scale: tuple[int, int] = TEST_SCALE, **setting_overrides: Any) -> FastAPI:
+    """The service for ready models.
+
+    Args:
+        models: model id -> a detector (``anzoo.create_model``) or a configured ``Predictor``.
+            The first one is the default.
+        settings: limits and behaviour; keyword overrides (e.g. ``max_batch=1``) apply on top.
+        device, fp16, scale: how detectors (not Predictors) are run.
+
+    The models are warmed up on the worker thread when the app starts (lifespan); ``/readyz``
+    answers 200 from then on.
+    """
+    settings = replace(settings or ServeSettings(), **setting_overrides)
+    if settings.api_key is None:
+        settings = replace(settings, api_key=os.environ.get(API_KEY_ENV, "").strip())
+    predictors = {
+        model_id: m if isinstance(m, Predictor) else Predictor(m, device=device, fp16=fp16, scale=scale)
+        for model_id, m in models.items()
+    }
+    service = SegmentService(predictors, settings)
+    metrics = service.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.batcher.stop)
+
+    app = FastAPI(
+        title="anzoo",
+        version=__version__,
+        description="Instance segmentation with the Attentive Normalization and AOGNet Mask R-CNN "
+                    "/ Cascade Mask R-CNN detectors (COCO classes).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Retry-After", "Server-Timing"])
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    # ---------------------------------------------------------------- error handlers
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.errors.inc(kind=exc.kind)
+        return _error_response(exc.status, exc.kind, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.inc(kind="bad_option")
+        return _error_response(422, "bad_option", _describe_validation(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        metrics.errors.inc(kind=kind)
+        return _error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        metrics.errors.inc(kind="internal")
+        return _error_response(500, "internal", "internal server error")
+
+    # ---------------------------------------------------------------- segmentation
+    async def run_segmentation(request: Request, render: bool) -> Response:
+        t0 = time.perf_counter()
+        _check_auth(request, settings.api_key or "")
+        query = _single_values(list(request.query_params.multi_items()), "query string")
+        _validate_options(query)  # fail fast, before reading the body
+        if service.batcher.startup_error is not None:
+            raise ApiError(503, "not_ready", f"the models failed to load: {service.batcher.startup_error}")
+        if not service.batcher.ready.is_set():
+            raise ApiError(503, "not_ready", "the models are still loading; retry shortly",
+                           {"Retry-After": str(max(settings.retry_after_s, 5))})
+        # Admission: bodies are read only for requests the queue can take, which bounds memory.
+        if service.admitted >= settings.max_queue + settings.max_batch:
+            raise ApiError(503, "queue_full", "the server is busy (its queue is full); retry shortly",
+                           {"Retry-After": str(settings.retry_after_s)})
+        service.admitted += 1
+        try:
+            return await _segment_admitted(request, render, t0, query)
+        finally:
+            service.admitted -= 1
+
+    async def _segment_admitted(request: Request, render: bool, t0: float, query: dict[str, str]) -> Response:
+        data, fields = await _read_image(request, settings.max_body_bytes)
+        both = sorted(set(query) & set(fields))
+        if both:
+            raise ApiError(400, "bad_option", f"option(s) {', '.join(both)} given both in the query and the form")
+        options = _validate_options({**query, **fields})
+        model_id = options.model or service.default_model
+        if model_id not in service.predictors:
+            raise ApiError(400, "unknown_model", f"unknown model '{model_id}': this server runs "
+                           f"{', '.join(service.predictors)} (see GET /models)")
+        if not data:
+            raise ApiError(400, "empty_body", "no image data: the image is empty (0 bytes)")
+
+        decoded = await asyncio.to_thread(service.decode, data, model_id, render)
+        del data
+        key = (model_id, padded_shape(*decoded.meta.img_shape))
+        try:
+            job = service.batcher.submit(key, _Prepared(decoded.tensor, decoded.meta, options.score_thr))
+        except QueueFullError as exc:
+            raise ApiError(503, "queue_full", f"the server is busy ({exc}); retry shortly",
+                           {"Retry-After": str(settings.retry_after_s)}) from exc
+        except NotRunningError as exc:
+            raise ApiError(503, "not_ready", str(exc), {"Retry-After": str(settings.retry_after_s)}) from exc
+        budget = settings.request_timeout_s - (time.perf_counter() - t0)
+        try:
+            inferred: _Inferred = await asyncio.wait_for(asyncio.wrap_future(job.future), max(budget, 0.001))
+        except asyncio.TimeoutError as exc:
+            job.future.cancel()
+            raise ApiError(504, "timeout", f"no result within the server's timeout of "
+                           f"{settings.request_timeout_s:g} s; the server is overloaded") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            cancelling = task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
+            if job.future.cancelled() and not cancelling:  # the batcher stopped: shutting down
+                raise ApiError(503, "shutting_down", "the server is shutting down") from None
+            raise
+        timing = {
+            "_t0": t0,
+            "decode_ms": decoded.seconds * 1000.0,
+            "queue_ms": max(0.0, job.started_at - job.submitted_at) * 1000.0,
+            "inference_ms": inferred.inference_s * 1000.0,
+            "batch_size": inferred.batch_size,
+        }
+        if render:
+            png = await asyncio.to_thread(service.render_png, model_id, options, decoded.rgb, inferred)
+            total = (time.perf_counter() - t0) * 1000.0
+            server_timing = (f"decode;dur={timing['decode_ms']:.1f}, queue;dur={timing['queue_ms']:.1f}, "
+                             f"inference;dur={timing['inference_ms']:.1f}, total;dur={total:.1f}")
+            kept = int((inferred.instances.scores >= options.score_thr).sum())
+            return Response(png, media_type="image/png",
+                            headers={"Server-Timing": server_timing, "X-Model": model_id,
+                                     "X-Instances": str(min(kept, options.max_instances))})
+        body = await asyncio.to_thread(service.encode_json, model_id, options, inferred, timing)
+        return Response(body, media_type="application/json")
+
+    segment_extra = {"parameters": options_openapi_parameters(), "requestBody": IMAGE_BODY}
+    if settings.api_key:
+        segment_extra["security"] = [{"bearerAuth": []}]
+
+    @app.post("/segment", response_model=SegmentResponse, responses=ERROR_RESPONSES,
+              openapi_extra=segment_extra, summary="Segment the instances in one image")
+    async def segment(request: Request) -> Response:
+        """The image as the multipart field ``image`` or as the raw body (``image/*``);
+        options as query parameters (or multipart fields). Masks are COCO RLE or polygons."""
+        return await run_segmentation(request, render=False)
+
+    @app.post("/segment/render", response_class=Response, openapi_extra=segment_extra,
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                               "description": "The image with masks, boxes and labels drawn."},
+                         **ERROR_RESPONSES},
+              summary="Segment one image and return it with the masks drawn (PNG)")
+    async def segment_render(request: Request) -> Response:
+        return await run_segmentation(request, render=True)
+
+    # ---------------------------------------------------------------- info, health, metrics
+    @app.get("/models", response_model=ModelsResponse, summary="The loaded models")
+    async def models_route() -> ModelsResponse:
+        return ModelsResponse(models=service.models_info())
+
+    @app.get("/healthz", response_model=Health, summary="The process is alive")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
+             summary="The models are loaded and warmed up")
+    async def readyz() -> JSONResponse:
+        ready = service.batcher.ready.is_set() and service.batcher.running
+        metrics.ready.set(1 if ready else 0)
+        detail = None
+        if service.batcher.startup_error is not None:
+            detail = f"the models failed to load: {service.batcher.startup_error}"
+        elif not ready:
+            detail = "loading" if not service.batcher.ready.is_set() else "stopped"
+        body = Readiness(ready=ready, models=list(service.predictors), detail=detail)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def metrics_route() -> Response:
+        metrics.queue_depth.set(service.batcher.depth)
+        metrics.ready.set(1 if service.batcher.ready.is_set() and service.batcher.running else 0)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # ---------------------------------------------------------------- the web page
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    if settings.api_key:
+        default_openapi = app.openapi
+
+        def openapi_with_auth() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                schema = default_openapi()
+                schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+                    "type": "http", "scheme": "bearer"}
+                app.openapi_schema = schema
+            return app.openapi_schema
+
+        app.openapi = openapi_with_auth  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,135 @@
+"""`anzoo predict`: files written, their content, bad inputs and exit codes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import anzoo.cli as cli
+from anzoo.data.results import decode_mask_rle
+from anzoo.factory import save_model
+from anzoo.testing import SMALL_SCALE, confident_model
+from anzoo.visualize import instance_colour
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return confident_model("r50-bn", proposals=30)
+
+
+@pytest.fixture
+def fake_model(model, monkeypatch):
+    seen = {}
+
+    def load(model_id, weights, device):
+        seen.update(model_id=model_id, weights=weights, device=device)
+        return model
+
+    monkeypatch.setattr(cli, "load_model", load)
+    return seen
+
+
+def _photo(path, h=120, w=160, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(img).convert(mode).save(path)
+    return path
+
+
+def _run(*args):
+    return runner.invoke(cli.app, ["predict", *args, "--scale", str(SMALL_SCALE[0]), str(SMALL_SCALE[1])])
+
+
+def test_predict_writes_json_and_png(tmp_path, fake_model):
+    img = _photo(tmp_path / "street.jpg")
+    out = tmp_path / "out"
+    result = _run(str(img), "--out", str(out), "--score-thr", "0.05")
+    assert result.exit_code == 0, result.output
+    assert fake_model["model_id"] == "aognet40m-an-gn"  # the default model
+    records = json.loads((out / "street.json").read_text())
+    assert records and "street.jpg: " in result.stdout and f"{len(records)} instance(s)" in result.stdout
+    for rec in records:
+        assert set(rec) == {"category_id", "category_name", "score", "bbox", "segmentation"}
+        assert rec["score"] >= 0.05 and len(rec["bbox"]) == 4
+        assert rec["segmentation"]["size"] == [120, 160] and isinstance(rec["segmentation"]["counts"], str)
+    png = np.asarray(Image.open(out / "street.png").convert("RGB"))
+    assert png.shape == (120, 160, 3)
+    # the top instance's mask is painted with the first palette colour (blended at 50 %)
+    mask = decode_mask_rle(records[0]["segmentation"]).astype(bool)
+    others = np.zeros_like(mask)
+    for rec in records[1:]:
+        others |= decode_mask_rle(rec["segmentation"]).astype(bool)
+    only_top = mask & ~others
+    if only_top.sum() > 20:
+        source = np.asarray(Image.open(img).convert("RGB")).astype(float)
+        expected = source[only_top] * 0.5 + np.asarray(instance_colour(0), float) * 0.5
+        assert np.median(np.abs(png[only_top].astype(float) - expected)) <= 2
+
+
+def test_folder_bad_files_and_exit_code(tmp_path, fake_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _photo(folder / "a.png", seed=1)
+    _photo(folder / "b.webp", seed=2)
+    _photo(folder / "gray.tiff", seed=3, mode="L")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not listed: not an image extension")
+    (tmp_path / "fake.png").write_text("hello")
+    out = tmp_path / "out"
+    result = _run(str(folder), str(tmp_path / "fake.png"), str(tmp_path / "missing.jpg"), "--out", str(out))
+    assert result.exit_code == 1
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json", "gray.json"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "gray.png"]
+    err = result.stderr
+    assert "empty.jpg" in err and "fake.png" in err and "missing.jpg" in err
+    assert "Traceback" not in result.output
+
+
+def test_same_stem_does_not_overwrite(tmp_path, fake_model):
+    _photo(tmp_path / "x.png", seed=1)
+    _photo(tmp_path / "x.jpg", seed=2)
+    result = _run(str(tmp_path / "x.png"), str(tmp_path / "x.jpg"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["x.jpg.json", "x.png.json"]
+
+
+def test_no_input_and_unknown_model(tmp_path):
+    result = runner.invoke(cli.app, ["predict"])
+    assert result.exit_code == 1 and "no images given" in result.stderr
+    img = _photo(tmp_path / "a.png")
+    result = runner.invoke(cli.app, ["predict", str(img), "--model", "r50-xx"])
+    assert result.exit_code == 2 and "unknown model" in result.stderr
+
+
+def test_offline_without_cached_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANZOO_OFFLINE", "1")
+    img = _photo(tmp_path / "a.png")
+    result = runner.invoke(cli.app, ["predict", str(img), "--model", "r50-bn"])
+    assert result.exit_code != 0 and "ANZOO_OFFLINE" in result.stderr and "Traceback" not in result.output
+
+
+def test_real_weights_file_end_to_end(tmp_path, model):
+    weights = save_model(model, tmp_path / "r50.pth")
+    img = _photo(tmp_path / "a.png")
+    result = _run(str(img), "--model", "r50-bn", "--weights", str(weights), "--device", "cpu",
+                  "--out", str(tmp_path / "out"), "--score-thr", "0.05")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "a.json").read_text())
+    result = _run(str(img), "--model", "r50-an", "--weights", str(weights), "--out", str(tmp_path / "o2"))
+    assert result.exit_code == 1 and "does not fit" in result.stderr
+    result = _run(str(img), "--weights", str(tmp_path / "nope.pth"))
+    assert result.exit_code == 1 and "weights file not found" in result.stderr
