@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import SwitchNorm2d
 
-__all__ = ["FrozenStagesMixin", "freeze_module", "set_norm_eval"]
+__all__ = ["FrozenStagesMixin", "Backbone", "freeze_module", "set_norm_eval"]
 
 
 def freeze_module(module: nn.Module) -> None:
@@ -55,3 +57,22 @@ class FrozenStagesMixin:
             if self.norm_eval:
                 set_norm_eval(self)  # type: ignore[arg-type]
         return self
+
+
+class Backbone(FrozenStagesMixin, nn.Module):
+    """A multi-scale backbone with an optional ImageNet classifier.
+
+    Subclasses build their layers, set ``num_classes`` (None: detection backbone; otherwise
+    ``avgpool`` and ``fc`` exist) and implement ``forward_features`` -> {'c2'..'c5'}.
+    """
+
+    num_classes: int | None = None
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        features = self.forward_features(x)
+        if self.num_classes is None:
+            return features
+        return self.fc(torch.flatten(self.avgpool(features["c5"]), 1))

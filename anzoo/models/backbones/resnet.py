@@ -25,7 +25,7 @@ from ...errors import CheckpointError
 from ..layers import AttentiveBatchNorm2d, SwitchNorm2d, build_norm
 from ..layers.convert import attentive_norm_key
 from . import register_backbone
-from .base import FrozenStagesMixin
+from .base import Backbone
 
 __all__ = ["Bottleneck", "ResNet", "checkpoint_filter_fn", "RESNET_DEPTHS", "AN_K_PER_STAGE"]
 
@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(FrozenStagesMixin, nn.Module):
+class ResNet(Backbone):
     """ResNet with bottleneck blocks.
 
     Args:
@@ -168,11 +168,6 @@ class ResNet(FrozenStagesMixin, nn.Module):
             features[f"c{i + 2}"] = x
         return features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        features = self.forward_features(x)
-        if self.num_classes is None:
-            return features
-        return self.fc(torch.flatten(self.avgpool(features["c5"]), 1))
 
 
 _AN_MARKER = ".weight_"

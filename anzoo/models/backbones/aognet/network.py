@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ...layers import AttentiveBatchNorm2d, build_norm
-from ..base import FrozenStagesMixin
+from ..base import Backbone
 from .configs import AOGNetConfig
 from .grammar import AndOrGraph, NodeType, build_aog, channel_bounds
 
@@ -218,7 +218,7 @@ class AOGStage(nn.Module):
         return self.blocks(x)
 
 
-class AOGNet(FrozenStagesMixin, nn.Module):
+class AOGNet(Backbone):
     """AOGNet of :class:`AOGNetConfig`.
 
     Args:
@@ -285,8 +285,3 @@ class AOGNet(FrozenStagesMixin, nn.Module):
             features[f"c{i + 2}"] = x
         return features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        features = self.forward_features(x)
-        if self.num_classes is None:
-            return features
-        return self.fc(torch.flatten(self.avgpool(features["c5"]), 1))
