@@ -498,13 +498,13 @@ def eval_(
         "--weights", help="Checkpoint to evaluate instead of the cached release (mmdet-v1 or anzoo format).",
         show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Results folder [default: anzoo-eval/<id>, with --all anzoo-eval].",
+        "--out", "-o", help="Results folder (default: anzoo-eval/<id>; with --all: anzoo-eval).",
         show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option(
         "--limit", min=1, help="Only the first N images (a partial run: no verdict).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", "-b", min=1, help="Images per forward pass (same padded size only; results do not "
-                                          "change) [default: 1 on CPU, 4 on CUDA].", show_default=False)] = None,
+        "--batch-size", "-b", min=1, help="Images per forward pass (same padded size only, so results do not "
+                                          "change; default: 1 on CPU, 4 on CUDA).", show_default=False)] = None,
     workers: Annotated[int, typer.Option(
         "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images.")] = 4,
     device: Annotated[EvalDevice, typer.Option("--device", help="Where the model runs.")] = EvalDevice.auto,
@@ -676,7 +676,88 @@ def serve(
                 timeout_graceful_shutdown=max(5, int(timeout)))
 
 # =========================================================================== train
-# (coming: `anzoo train`)
+@command("train")
+def train_cmd(
+    model_id: ModelIdArg,
+    work_dir: Annotated[Path, typer.Option("--work-dir", "-w", help="Folder for checkpoints and logs.",
+                                           show_default=False)],
+    coco: Annotated[Optional[Path], typer.Option(
+        "--coco", help="COCO folder: annotations/instances_train2017.json and train2017/ (val2017 pair "
+                       "for periodic evaluation).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        "--epochs", min=1, help="Epochs in all (default: the model's schedule, 24 or 20; LR steps scale "
+                                "with it).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per GPU / process.")] = 2,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", min=0.0, help="Base learning rate (default 0.02 x total batch / 16).", show_default=False)] = None,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 + loss scaling on CUDA).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --work-dir exactly where it "
+                                                          "stopped.")] = False,
+    max_iters: Annotated[Optional[int], typer.Option(
+        "--max-iters", min=1, help="Stop after this many iterations in all (a checkpoint is written).",
+        show_default=False)] = None,
+    img_scale: Annotated[tuple[int, int], typer.Option(
+        "--img-scale", help="Training resize: longest and shortest side limits.")] = (1333, 800),
+    eval_every: Annotated[int, typer.Option(
+        "--eval-every", min=0, help="Evaluate on the val2017 pair every K epochs (0: never).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and sampling.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    backbone_weights: Annotated[Optional[Path], typer.Option(
+        "--backbone-weights", help="ImageNet checkpoint of the backbone (AOGNet-v2 format) instead of the "
+                                   "registry's.", show_default=False)] = None,
+    no_pretrained_backbone: Annotated[bool, typer.Option(
+        "--no-pretrained-backbone", help="Train from scratch (nothing frozen, BatchNorm in training mode).")
+    ] = False,
+    train_ann: Annotated[Optional[Path], typer.Option(
+        "--train-ann", help="Training annotation file (with --train-images; instead of --coco's).",
+        show_default=False)] = None,
+    train_images: Annotated[Optional[Path], typer.Option(
+        "--train-images", help="Training image folder.", show_default=False)] = None,
+    val_ann: Annotated[Optional[Path], typer.Option(
+        "--val-ann", help="Evaluation annotation file (with --val-images).", show_default=False)] = None,
+    val_images: Annotated[Optional[Path], typer.Option(
+        "--val-images", help="Evaluation image folder.", show_default=False)] = None,
+    from_: Annotated[Optional[str], typer.Option(
+        "--from", help="Fine-tune from a zoo model's released weights (its id) or a checkpoint file; "
+                       "class-specific layers start afresh when the classes differ.", show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data-loading processes per GPU.")] = 2,
+    warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0, help="Linear warm-up iterations.")] = 500,
+    rpn_proposals: Annotated[Optional[int], typer.Option(
+        "--rpn-proposals", min=1, help="Training proposals per image (recipe: 2000).", show_default=False)] = None,
+    rcnn_samples: Annotated[Optional[int], typer.Option(
+        "--rcnn-samples", min=4, help="RoIs sampled per image and stage (recipe: 512).", show_default=False)
+    ] = None,
+    log_every: Annotated[int, typer.Option("--log-every", min=1, help="Iterations between metrics records.")] = 20,
+    tensorboard: Annotated[Optional[bool], typer.Option(
+        "--tensorboard/--no-tensorboard", help="TensorBoard events (default: when installed).",
+        show_default=False)] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train a zoo model on a COCO-format dataset (one GPU, or many with `torchrun -m anzoo train`)."""
+    if backbone_weights is not None and no_pretrained_backbone:
+        raise typer.BadParameter("give --backbone-weights or --no-pretrained-backbone, not both")
+    if (train_ann is None) != (train_images is None):
+        raise typer.BadParameter("--train-ann and --train-images go together")
+    if coco is None and train_ann is None:
+        raise typer.BadParameter("give --coco DIR, or --train-ann FILE --train-images DIR")
+    from .training.engine import TrainConfig, train
+
+    config = TrainConfig(
+        model_id=model_id, work_dir=work_dir, coco_dir=coco, train_ann=train_ann, train_images=train_images,
+        val_ann=val_ann, val_images=val_images, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
+        resume=resume, max_iters=max_iters, img_scale=(max(img_scale), min(img_scale)), eval_every=eval_every,
+        seed=seed, device=device, backbone_weights=backbone_weights,
+        pretrained_backbone=not no_pretrained_backbone, from_model=from_, num_workers=workers,
+        warmup_iters=warmup_iters, rpn_proposals=rpn_proposals, rcnn_samples=rcnn_samples,
+        log_every=log_every, progress=progress, tensorboard=tensorboard)
+    result = train(config)
+    if result.final_model is not None:
+        state = "stopped early" if result.stopped_early else "done"
+        console.print(f"{model_id}: {state} after {result.iterations} iterations "
+                      f"({result.epochs_completed}/{result.total_epochs} epochs); model: {result.final_model}",
+                      highlight=False)
+        console.print(f"  use it: anzoo predict IMAGE -m {model_id} --weights {result.final_model}",
+                      highlight=False)
 
 
 # =========================================================================== entry point

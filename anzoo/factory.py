@@ -125,6 +125,8 @@ def create_model(model_id: str, pretrained: bool | str | os.PathLike[str] = Fals
         if arch is not None:
             names = ckpt.get("class_names")
     model = _build(entry, arch, names)
+    if arch is not None and ckpt.get("category_ids"):  # a model fine-tuned on another dataset
+        model.category_ids = [int(c) for c in ckpt["category_ids"]]
     if ckpt is not None:
         sd = _state_dict_for(model, entry, ckpt, os.fspath(path))
         load_state_dict_strict(model, sd, what=f"checkpoint {path} (for {entry.id})")
@@ -140,7 +142,8 @@ def save_model(model: TwoStageDetector, path: str | os.PathLike[str], **extra: A
     arch = _arch(entry)
     arch["num_classes"] = model.num_classes
     obj = {"format": ANZOO_FORMAT, "model_id": entry.id, "arch": arch,
-           "class_names": model.class_names, "state_dict": model.state_dict(), **extra}
+           "class_names": model.class_names, "category_ids": getattr(model, "category_ids", None),
+           "state_dict": model.state_dict(), **extra}
     from . import __version__
 
     obj["anzoo_version"] = __version__

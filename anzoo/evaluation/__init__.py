@@ -12,12 +12,31 @@ from .dataset import CocoFiles, label_category_ids, resolve_coco_files
 from .distributed import DistContext, init_distributed, launched_by_torchrun, torchrun_command
 from .metrics import IOU_TYPES, METRIC_NAMES, TOLERANCE, coco_evaluate, compare, is_coco_val2017, verdict
 from .report import ReportRow, comparison_rows, markdown_report, verdict_line
-from .runner import EvalResult, evaluate
+from .runner import EvalResult, evaluate, evaluate_model
 from .store import ResultStore, result_line
 
 __all__ = [
-    "CocoFiles", "DistContext", "EvalResult", "IOU_TYPES", "METRIC_NAMES", "ReportRow", "ResultStore", "TOLERANCE",
-    "coco_evaluate", "compare", "comparison_rows", "evaluate", "init_distributed", "is_coco_val2017",
-    "label_category_ids", "launched_by_torchrun", "markdown_report", "resolve_coco_files", "result_line",
-    "torchrun_command", "verdict", "verdict_line",
+    "IOU_TYPES",
+    "METRIC_NAMES",
+    "TOLERANCE",
+    "CocoFiles",
+    "DistContext",
+    "EvalResult",
+    "ReportRow",
+    "ResultStore",
+    "coco_evaluate",
+    "compare",
+    "comparison_rows",
+    "evaluate",
+    "evaluate_model",
+    "init_distributed",
+    "is_coco_val2017",
+    "label_category_ids",
+    "launched_by_torchrun",
+    "markdown_report",
+    "resolve_coco_files",
+    "result_line",
+    "torchrun_command",
+    "verdict",
+    "verdict_line",
 ]

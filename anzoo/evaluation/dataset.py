@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from ..data.coco import COCO_CLASSES, category_ids_of
 from ..errors import DatasetError
 
-__all__ = ["CocoFiles", "resolve_coco_files", "label_category_ids"]
+__all__ = ["CocoFiles", "label_category_ids", "resolve_coco_files"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ def _normalise(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
-def label_category_ids(class_names: Sequence[str] | None, coco: COCO) -> list[int | None]:
+def label_category_ids(class_names: Sequence[str] | None, coco: COCO,
+                       num_classes: int | None = None) -> list[int | None]:
     """Category id of each of the model's contiguous labels (None: not a dataset category).
 
     Classes are matched to the dataset's categories by name (case, spaces and underscores
@@ -69,8 +70,11 @@ def label_category_ids(class_names: Sequence[str] | None, coco: COCO) -> list[in
     :data:`~anzoo.data.coco.COCO_CATEGORY_IDS`, and on a dataset with a few of COCO's
     categories to those. A model whose names share nothing with the dataset but which has as
     many classes is mapped in order (label i -> i-th smallest category id, as mmdetection v1
-    numbered a dataset's categories); otherwise DatasetError.
+    numbered a dataset's categories); otherwise DatasetError. ``num_classes``: the model's
+    class count, for a model without names (None names mean COCO's only with 80 classes).
     """
+    if class_names is None and num_classes is not None and num_classes != len(COCO_CLASSES):
+        class_names = [f"class {i}" for i in range(num_classes)]  # unnamed: matched by order below
     names = list(class_names) if class_names is not None else list(COCO_CLASSES)
     by_name: dict[str, int] = {}
     for cat_id in category_ids_of(coco):

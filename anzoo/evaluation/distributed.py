@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..errors import AnzooError
 
-__all__ = ["DistContext", "init_distributed", "torchrun_command", "launched_by_torchrun"]
+__all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "torchrun_command"]
 
 log = logging.getLogger(__name__)
 

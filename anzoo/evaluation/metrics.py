@@ -1,7 +1,7 @@
 """COCO metrics (pycocotools' COCOeval, unchanged) and the comparison with the zoo's table.
 
 The 12 numbers are exactly what ``COCOeval.summarize()`` prints, as fractions in 0..1
-(-1 where pycocotools has nothing to average, e.g. no detections at all). The table quotes
+(-1 where pycocotools has nothing to average, e.g. APl without large objects). The table quotes
 AP in percent with one decimal; :func:`verdict` compares ``100 * AP`` with it.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ __all__ = [
     "IOU_TYPES",
     "METRIC_NAMES",
     "TOLERANCE",
+    "Comparison",
     "coco_evaluate",
+    "compare",
     "is_coco_val2017",
     "verdict",
-    "Comparison",
-    "compare",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def coco_evaluate(coco_gt: COCO, results: str | os.PathLike[str] | Sequence[dict
         if records:
             coco_dt = coco_gt.loadRes(records)
         else:
-            # loadRes cannot take an empty list; an empty result set evaluates to -1 everywhere.
+            # loadRes cannot take an empty list: give COCOeval an empty result set itself.
             coco_dt = coco_from_dict({"images": list(coco_gt.dataset["images"]),
                                       "categories": list(coco_gt.dataset["categories"]), "annotations": []})
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)

@@ -9,7 +9,7 @@ from ..zoo import ZooEntry
 from .metrics import PARTIAL, SHOWN_METRICS, TOLERANCE
 from .runner import EvalResult
 
-__all__ = ["percent", "signed", "comparison_rows", "ReportRow", "markdown_report"]
+__all__ = ["ReportRow", "comparison_rows", "markdown_report", "percent", "signed"]
 
 DETECTOR_TITLES = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}
 BACKBONE_TITLES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "aognet12m": "AOGNet-12m",
@@ -77,15 +77,15 @@ def _measured(row: ReportRow, iou_type: str) -> tuple[str, str]:
 def markdown_report(rows: Sequence[ReportRow], title: str = "anzoo eval --all: COCO val2017") -> str:
     """The authors' table with the measured AP beside the expected, one section per detector."""
     lines = [f"# {title}", "",
-             f"Measured with anzoo on {datetime.date.today().isoformat()}; AP in points; Δ = measured − "
-             f"table; reproduced when |Δ| ≤ {TOLERANCE}.", ""]
+             (f"Measured with anzoo on {datetime.date.today().isoformat()}; AP in points; Δ = measured − "
+              f"table; reproduced when |Δ| ≤ {TOLERANCE}."), ""]
     for detector, heading in DETECTOR_TITLES.items():
         section = [r for r in rows if r.entry.detector == detector]
         if not section:
             continue
         lines += [f"## {heading}", "",
-                  "| Architecture | Backbone | Head | #Params | box AP | box AP (measured) | Δ | mask AP | "
-                  "mask AP (measured) | Δ | verdict | id |",
+                  ("| Architecture | Backbone | Head | #Params | box AP | box AP (measured) | Δ | mask AP | "
+                   "mask AP (measured) | Δ | verdict | id |"),
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for row in section:
             e = row.entry
@@ -110,6 +110,6 @@ def markdown_report(rows: Sequence[ReportRow], title: str = "anzoo eval --all: C
     done = [r.result for r in rows if r.result is not None]
     if done:
         first = done[0]
-        lines += [f"Device: {first.device}; batch size {first.batch_size}; fp16 {first.fp16}; "
-                  f"{first.world_size} process(es); scale {first.scale[0]}x{first.scale[1]}.", ""]
+        lines += [(f"Device: {first.device}; batch size {first.batch_size}; fp16 {first.fp16}; "
+                   f"{first.world_size} process(es); scale {first.scale[0]}x{first.scale[1]}."), ""]
     return "\n".join(lines)

@@ -46,7 +46,7 @@ from .distributed import DistContext, init_distributed
 from .metrics import IOU_TYPES, METRIC_NAMES, Comparison, coco_evaluate, compare, is_coco_val2017, overall_verdict
 from .store import ResultStore, atomic_write_json, result_line
 
-__all__ = ["evaluate", "EvalResult"]
+__all__ = ["EvalResult", "evaluate", "evaluate_model"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class EvalResult:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "EvalResult":
+    def from_json(cls, data: Mapping[str, Any]) -> EvalResult:
         names = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["scale"] = tuple(kwargs["scale"])
@@ -125,6 +125,7 @@ def evaluate(
     channels_last: bool = False,
     progress: bool = True,
     coco: COCO | None = None,
+    distributed: bool = True,
 ) -> EvalResult:
     """Evaluate a detector on a COCO-format dataset with pycocotools (bbox and segm).
 
@@ -153,14 +154,17 @@ def evaluate(
         channels_last: channels-last memory format for the model (GPUs).
         progress: show a progress bar on stderr (rank 0).
         coco: ``ann_file`` already loaded (:func:`anzoo.data.coco.load_coco_annotations`).
+        distributed: join torchrun's process group (False: this process alone evaluates all).
     """
     started = time.perf_counter()
     files = ResultStore(out_dir)
     dev = resolve_device(device)
-    ctx = init_distributed(dev.type)
+    ctx = init_distributed(dev.type) if distributed else DistContext()
     try:
         if dev.type == "cuda" and ctx.distributed:
             dev = torch.device("cuda", ctx.local_rank)
+        elif dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         return _Evaluation(
             ctx=ctx, model=model, ann_file=Path(ann_file), image_dir=Path(image_dir), store=files,
             model_id=model_id if model_id is not None else getattr(model, "model_id", None),
@@ -171,6 +175,30 @@ def evaluate(
         ).run()
     finally:
         ctx.close()
+
+
+def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str],
+                   *, scale: Sequence[int] = TEST_SCALE, device: str | torch.device | None = None,
+                   max_images: int | None = None, out_dir: str | os.PathLike[str] | None = None,
+                   batch_size: int = 1, workers: int = 2) -> dict[str, float]:
+    """COCO metrics of a model in this process alone (e.g. periodic evaluation while training).
+
+    Returns ``images`` and ``<bbox|segm>_<metric>`` for the 12 metrics in lower case
+    (``bbox_ap``, ``segm_ap50``, ...). ``device`` None: the model's own. The results files go
+    to ``out_dir``, or to a temporary folder that is removed.
+    """
+    import tempfile
+
+    if device is None:
+        device = next(model.parameters()).device
+    with tempfile.TemporaryDirectory(prefix="anzoo-eval-") if out_dir is None else nullcontext(out_dir) as out:
+        result = evaluate(model, ann_file, image_dir, out, limit=max_images, scale=scale, device=device,
+                          batch_size=batch_size, workers=workers, progress=False, expected={}, distributed=False)
+    metrics = {"images": float(result.num_images)}
+    for iou_type in IOU_TYPES:
+        for name in METRIC_NAMES:
+            metrics[f"{iou_type}_{name.lower()}"] = result.metrics[iou_type][name]
+    return metrics
 
 
 @dataclass
@@ -208,7 +236,7 @@ class _Evaluation:
         target_ids = all_ids[: self.limit] if self.limit is not None else all_ids
         partial = len(target_ids) < len(all_ids)
         dataset = CocoImageDataset(coco, self.image_dir, target_ids, scale=self.scale)
-        self.category_ids = label_category_ids(self.model.class_names, coco)
+        self.category_ids = label_category_ids(self.model.class_names, coco, self.model.num_classes)
         self.predictor = Predictor(self.model, device=self.device, fp16=self.fp16, batch_size=self.batch_size,
                                    mask_paste=self.mask_paste, channels_last=self.channels_last,
                                    scale=self.scale)
@@ -266,7 +294,7 @@ class _Evaluation:
                     ready = None
                     if cuda:
                         ready = torch.cuda.Event()
-                        ready.record()
+                        ready.record(torch.cuda.current_stream(self.device))
                     in_flight.append(pool.submit(self._post_batch, image_ids, dets, ready, writer, local))
                     while in_flight and (in_flight[0].done() or len(in_flight) > max_in_flight):
                         n = in_flight.popleft().result()
@@ -293,6 +321,7 @@ class _Evaluation:
         if ready is not None:
             stream = getattr(local, "stream", None)
             if stream is None:
+                torch.cuda.set_device(self.device)  # a new thread starts on cuda:0
                 stream = local.stream = torch.cuda.Stream(device=self.device)
             stream.wait_event(ready)
             stream_ctx = torch.cuda.stream(stream)
@@ -417,7 +446,7 @@ def _reraise_worker_errors(batches: Any) -> Any:
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
             last = lines[-1] if lines else str(exc)
             prefix = "anzoo.errors.DatasetError: "
-            raise DatasetError(last[len(prefix):] if last.startswith(prefix) else last) from None
+            raise DatasetError(last.removeprefix(prefix)) from None
         yield batch
 
 
@@ -427,7 +456,7 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-class _progress_bar:  # noqa: N801 - used as a context manager like a function
+class _progress_bar:
     """Rich progress bar on stderr with images/s and ETA; ``advance(n)`` counts images."""
 
     def __init__(self, enabled: bool, total: int, label: str) -> None:
@@ -437,8 +466,15 @@ class _progress_bar:  # noqa: N801 - used as a context manager like a function
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda n: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.text import Text
 
         from ..log import stderr_console
@@ -455,6 +491,6 @@ class _progress_bar:  # noqa: N801 - used as a context manager like a function
         task = self.bar.add_task(self.label, total=self.total)
         return lambda n: self.bar.update(task, advance=n)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()

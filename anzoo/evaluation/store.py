@@ -33,8 +33,15 @@ from typing import Any, BinaryIO
 
 from ..errors import AnzooError
 
-__all__ = ["ResultStore", "PartialWriter", "result_line", "atomic_write_json", "BBOX_FILE", "SEGM_FILE",
-           "METRICS_FILE"]
+__all__ = [
+    "BBOX_FILE",
+    "METRICS_FILE",
+    "SEGM_FILE",
+    "PartialWriter",
+    "ResultStore",
+    "atomic_write_json",
+    "result_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,8 @@ class ResultStore:
             try:
                 previous = json.loads(run_file.read_text(encoding="utf-8"))
             except (OSError, ValueError):
+                log.warning("%s is missing or unreadable: cannot check that the partial results were made "
+                            "with the same settings", run_file)
                 previous = None
             if previous is not None and previous != json.loads(json.dumps(dict(fingerprint))):
                 changed = sorted(k for k in set(previous) | set(fingerprint)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -195,6 +196,8 @@ class SegmentService:
         try:
             height, width = read_image_size(data, name="image")
         except ImageError as exc:
+            if isinstance(exc.__cause__, PIL.Image.DecompressionBombError):  # Pillow's own hard limit
+                raise ApiError(413, "too_many_pixels", str(exc)) from exc
             raise ApiError(400, "invalid_image", str(exc)) from exc
         if width * height > limit:
             raise ApiError(413, "too_many_pixels",

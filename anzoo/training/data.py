@@ -139,7 +139,7 @@ class CocoTrainDataset(Dataset):
         self.image_ids: list[int] = []
         self._records: dict[int, list[tuple[list[float], int, Any]]] = {}
         self._parse()
-        self.flags = np.array([1 if self._aspect(i) > 1 else 0 for i in self.image_ids], dtype=np.int64)
+        self.flags = np.array([1 if self._aspect(i) > 1 else 0 for i in range(len(self))], dtype=np.int64)
         if check_files:
             missing = [str(self.image_path(i)) for i in range(len(self)) if not self.image_path(i).is_file()]
             if missing:

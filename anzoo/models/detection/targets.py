@@ -291,7 +291,7 @@ def mask_targets(samples: Sequence[SamplingResult], gt_masks: Sequence[Tensor | 
     for s, masks in zip(samples, gt_masks):
         if s.num_pos == 0:
             continue
-        masks_np = masks.numpy() if isinstance(masks, Tensor) else np.asarray(masks)
+        masks_np = masks.cpu().numpy() if isinstance(masks, Tensor) else np.asarray(masks)
         parts.append(mask_target_single(s.pos_boxes.detach().float().cpu().numpy(),
                                         s.pos_assigned_gt_inds.cpu().numpy(), masks_np, size))
     if not parts:

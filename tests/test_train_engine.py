@@ -1,0 +1,244 @@
+"""End-to-end training on a generated COCO-format dataset, on the CPU at a tiny image scale.
+
+One ``anzoo train`` run (module fixture, 6 iterations) serves several tests: the loss goes
+down, the files and metrics are written, the frozen backbone layers are untouched, periodic
+evaluation runs and the final model predicts. Resuming and two-process DDP have their own
+short runs. Proposal and RoI sample counts are cut down (``--rpn-proposals``,
+``--rcnn-samples``) to keep each iteration to about a second.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from anzoo.checkpoint import read_checkpoint
+from anzoo.cli import app
+from anzoo.data.synthetic import make_synthetic_coco
+from anzoo.errors import AnzooError, CheckpointError
+from anzoo.factory import create_model, save_model
+from anzoo.training.engine import (FINAL_MODEL, TrainConfig, build_training_model, train,
+                                   transfer_detector_weights)
+
+SCALE = (128, 96)
+FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--log-every", "1",
+        "--no-progress", "--no-tensorboard", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _backbone_checkpoint(path: Path) -> Path:
+    """A stand-in ImageNet checkpoint in the AOGNet-v2 layout (``module.`` keys, classifier)."""
+    from anzoo.models.backbones import create_backbone
+
+    torch.manual_seed(123)
+    net = create_backbone("r50-bn", num_classes=1000)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    coco = root / "coco"
+    make_synthetic_coco(coco, num_images=2, image_size=(96, 128), split="train2017", seed=3)
+    make_synthetic_coco(coco, num_images=1, image_size=(96, 128), split="val2017", seed=4)
+    weights = _backbone_checkpoint(root / "imagenet.pth")
+    work = root / "work"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANZOO_HOME", str(root / "home"))
+        result = CliRunner().invoke(app, [
+            "train", "r50-bn", "--coco", str(coco), "--work-dir", str(work), "--epochs", "6",
+            "--lr", "0.02", "--warmup-iters", "1", "--img-scale", *map(str, SCALE),
+            "--backbone-weights", str(weights), "--eval-every", "3", *FAST])
+    return {"result": result, "work": work, "coco": coco, "weights": weights}
+
+
+def _records(work: Path, kind: str = "train") -> list[dict]:
+    lines = (work / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def test_cli_train_loss_is_finite_and_goes_down(cli_run):
+    result, work = cli_run["result"], cli_run["work"]
+    assert result.exit_code == 0, result.output
+    assert "model:" in result.output and FINAL_MODEL in result.output
+    recs = _records(work)
+    assert [r["iter"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    for r in recs:
+        for key in ("loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"):
+            assert math.isfinite(r[key]), (key, r)
+        assert r["time_per_iter"] > 0 and r["memory_mib"] > 0 and 0 <= r["acc"] <= 100
+    losses = [r["loss"] for r in recs]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
+    # lr: warm-up from 1/3 over 1 iteration, then 0.02; 6 epochs of a 2x schedule step at 4 and 6
+    assert [round(r["lr"], 6) for r in recs] == [round(0.02 / 3, 6), 0.02, 0.02, 0.02, 0.002, 0.002]
+
+
+def test_cli_train_writes_checkpoints_and_evaluates(cli_run):
+    work = cli_run["work"]
+    for name in ["config.json", "latest.pth", FINAL_MODEL] + [f"epoch_{e}.pth" for e in range(1, 7)]:
+        assert (work / name).is_file(), name
+    config = json.loads((work / "config.json").read_text())
+    assert config["iters_per_epoch"] == 1 and config["lr_steps"] == [4, 6] and config["total_epochs"] == 6
+    assert config["category_ids"] == [1, 3, 18, 44, 62, 85]
+    evals = _records(work, "eval")
+    assert [e["epoch"] for e in evals] == [3, 6]
+    for e in evals:
+        assert -1 <= e["segm_ap"] <= 1 and -1 <= e["bbox_ap"] <= 1 and e["images"] == 1
+    latest = read_checkpoint(work / "latest.pth")["training"]
+    assert (latest["epoch"], latest["batch"], latest["iteration"]) == (6, 0, 6)
+
+
+def test_frozen_parameters_stay_frozen(cli_run):
+    start = {k[len("module."):]: v for k, v in read_checkpoint(cli_run["weights"])["state_dict"].items()}
+    final = read_checkpoint(cli_run["work"] / FINAL_MODEL)["state_dict"]
+    backbone = {k[len("backbone."):]: v for k, v in final.items() if k.startswith("backbone.")}
+    frozen = [k for k in backbone if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert frozen and all(torch.equal(backbone[k], start[k]) for k in frozen)
+    # BatchNorm statistics are fixed everywhere (norm_eval), trained layers moved
+    stats = [k for k in backbone if k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(backbone[k], start[k]) for k in stats)
+    assert not torch.equal(backbone["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
+    assert not torch.equal(backbone["layer4.2.conv3.weight"], start["layer4.2.conv3.weight"])
+    model = build_training_model(
+        TrainConfig("r50-bn", Path("unused"), backbone_weights=cli_run["weights"]), ["a", "b"], [1, 2])
+    model.train()
+    assert not any(p.requires_grad for p in model.backbone.conv1.parameters())
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in model.backbone.layer2.parameters())
+    assert not model.backbone.layer3[0].bn1.training  # norm_eval
+
+
+def test_trained_model_loads_and_predicts(cli_run):
+    from anzoo.inference import Predictor
+
+    model = create_model("r50-bn", pretrained=cli_run["work"] / FINAL_MODEL)
+    assert model.num_classes == 6 and model.class_names[:2] == ["person", "car"]
+    assert model.category_ids == [1, 3, 18, 44, 62, 85]
+    model.roi_heads.test_cfg.score_thr = 0.0  # a 6-iteration model is not confident yet
+    image = next((cli_run["coco"] / "val2017").iterdir())
+    records = Predictor(model, scale=SCALE).predict_records(image, score_thr=0.0)[0]
+    assert records, "no detections at score threshold 0"
+    assert {r["category_id"] for r in records} <= {1, 3, 18, 44, 62, 85}
+    assert all(r["segmentation"]["size"] == [96, 128] for r in records)
+
+
+def _small_config(coco: Path, work: Path, **kw) -> TrainConfig:
+    base = TrainConfig("r50-bn", work_dir=work, coco_dir=coco, epochs=2, batch_size=1, lr=0.01, warmup_iters=2,
+                       img_scale=SCALE, pretrained_backbone=False, frozen_stages=1, norm_eval=True, num_workers=0,
+                       rpn_proposals=30, rcnn_samples=16, log_every=1, progress=False, eval_every=0,
+                       device="cpu")
+    return replace(base, **kw)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    coco = tmp_path / "coco"  # one image per aspect group: 2 iterations per epoch at batch 1
+    make_synthetic_coco(coco, num_images=2, image_size=[(96, 128), (128, 96)], split="train2017", seed=1)
+    straight = train(_small_config(coco, tmp_path / "a", max_iters=3))
+    first = train(_small_config(coco, tmp_path / "b", max_iters=1))
+    assert first.stopped_early and first.iterations == 1
+    state = read_checkpoint(tmp_path / "b" / "latest.pth")["training"]
+    assert (state["epoch"], state["batch"], state["iteration"]) == (0, 1, 1)
+    resumed = train(_small_config(coco, tmp_path / "b", max_iters=3, resume=True))  # crosses an epoch
+    assert resumed.iterations == 3
+    a = read_checkpoint(straight.final_model)["state_dict"]
+    b = read_checkpoint(resumed.final_model)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in straight.history] == [r["loss"] for r in first.history + resumed.history]
+    # metrics.jsonl of the resumed run continues the interrupted one
+    assert [r["iter"] for r in _records(tmp_path / "b")] == [1, 2, 3]
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(_small_config(tmp_path, tmp_path / "w", resume=True))
+    with pytest.raises(AnzooError, match="no released ImageNet backbone"):
+        build_training_model(TrainConfig("r50-gn", Path("w")), ["a"], [1])
+
+
+def test_finetune_replaces_class_layers_and_names_travel(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("r50-bn")  # stands in for a released 80-class detector
+    src_path = save_model(source, tmp_path / "src.pth")
+    config = TrainConfig("r50-bn", tmp_path / "w", from_model=str(src_path))
+    model = build_training_model(config, ["widget", "gadget"], [7, 9])
+    sd, src = model.state_dict(), source.state_dict()
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 12
+    assert model.roi_heads.mask_head.predictor.mask_fcn_logits.out_channels == 3
+    same = [k for k in sd if not any(p in k for p in ("cls_score", "bbox_pred", "mask_fcn_logits"))]
+    assert all(torch.equal(sd[k], src[k]) for k in same)
+    path = save_model(model, tmp_path / "tuned.pth")
+    loaded = create_model("r50-bn", pretrained=path)
+    assert loaded.class_names == ["widget", "gadget"] and loaded.category_ids == [7, 9]
+    # another architecture does not fit
+    with pytest.raises(CheckpointError, match="do not fit"):
+        transfer_detector_weights(src, build_training_model(TrainConfig("r101-bn", tmp_path, pretrained_backbone=False),
+                                                            ["a"], [1], load_weights=False))
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import hashlib, json, os, sys
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from anzoo.training.engine import TrainConfig, train
+    coco, out = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg = TrainConfig("r50-bn", work_dir=out / "work", coco_dir=coco, epochs=1, batch_size=1, lr=0.01,
+                      warmup_iters=1, img_scale=(128, 96), pretrained_backbone=False, frozen_stages=1,
+                      norm_eval=True, num_workers=0, rpn_proposals=30, rcnn_samples=16, log_every=1,
+                      progress=False, eval_every=0, device="cpu")
+    res = train(cfg)
+    sd = res.model.state_dict()
+    digest = hashlib.sha256()
+    for key in sorted(sd):
+        digest.update(sd[key].contiguous().numpy().tobytes())
+    rank = os.environ["RANK"]
+    (out / f"rank{rank}.json").write_text(json.dumps({"digest": digest.hexdigest(), "iters": res.iterations,
+                                                      "world": torch.distributed.is_available()}))
+""")
+
+
+def test_two_processes_under_torchrun_agree(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to the interpreter")
+    coco = tmp_path / "coco"
+    make_synthetic_coco(coco, num_images=4, image_size=[(96, 128), (128, 96)], split="train2017", seed=1)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ANZOO_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(coco),
+                           str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # 4 images, one per process per iteration: 2 iterations, the same weights on both ranks
+    assert ranks[0]["iters"] == ranks[1]["iters"] == 2
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    work = tmp_path / "work"  # only rank 0 writes
+    assert [r["iter"] for r in _records(work)] == [1, 2]
+    saved = read_checkpoint(work / FINAL_MODEL)["state_dict"]
+    digest = __import__("hashlib").sha256()
+    for key in sorted(saved):
+        digest.update(saved[key].contiguous().numpy().tobytes())
+    assert digest.hexdigest() == ranks[0]["digest"]
+    assert read_checkpoint(work / "latest.pth")["training"]["world_size"] == 2
