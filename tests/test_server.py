@@ -253,6 +253,7 @@ def test_bad_input_is_a_clear_4xx(client: TestClient, path: str, kwargs: dict | 
     assert_error(response, status, kind, *words)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 def test_garbage_never_gives_a_500(client: TestClient) -> None:
     rng = np.random.default_rng(1)
     jpeg = jpeg_bytes(IMAGE)

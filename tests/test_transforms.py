@@ -139,3 +139,12 @@ def test_preprocess_rejects_wrong_input() -> None:
         preprocess_image(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError):
         preprocess_image(np.zeros((10, 10, 3), np.float32))
+
+
+def test_too_thin_image_is_an_image_error():
+    import pytest
+
+    from anzoo.errors import ImageError
+
+    with pytest.raises(ImageError, match="too thin"):
+        preprocess_image(np.zeros((1, 3000, 3), np.uint8))

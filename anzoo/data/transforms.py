@@ -152,6 +152,11 @@ def preprocess_image(
         )
     height, width = image.shape[:2]
     new_w, new_h, factor = rescale_size(width, height, scale)
+    if new_w < 1 or new_h < 1:  # e.g. 1x400 at 1333x800: a side rounds to 0 pixels
+        from ..errors import ImageError
+
+        raise ImageError(f"image of {width}x{height} pixels is too thin to resize to the test scale "
+                         f"{max(scale)}x{min(scale)}")
     resized = resize_image(image, new_w, new_h)
     chw = np.ascontiguousarray(normalize_image(resized).transpose(2, 0, 1))
     meta = ImageMeta(

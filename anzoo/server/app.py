@@ -43,7 +43,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
-from ..data.transforms import TEST_SCALE, padded_shape, preprocess_image, rescale_size
+from ..data.transforms import TEST_SCALE, padded_shape, preprocess_image
 from ..errors import AnzooError, ImageError
 from ..inference import Predictor
 from ..structures import Instances
@@ -203,16 +203,11 @@ class SegmentService:
             raise ApiError(413, "too_many_pixels",
                            f"image is {width}x{height} = {width * height} pixels, over the limit of "
                            f"{limit} pixels")
-        new_w, new_h, _ = rescale_size(width, height, predictor.scale)
-        if new_w < 1 or new_h < 1:
-            raise ApiError(400, "invalid_image",
-                           f"image is {width}x{height} pixels: too thin to resize to the model's "
-                           f"scale {list(predictor.scale)} (it would be {new_w}x{new_h})")
         try:
             rgb = load_image(data, max_pixels=limit, name="image")
+            tensor, meta = preprocess_image(rgb, scale=predictor.scale)  # ImageError when too thin
         except ImageError as exc:
             raise ApiError(400, "invalid_image", str(exc)) from exc
-        tensor, meta = preprocess_image(rgb, scale=predictor.scale)
         return _Decoded(tensor, meta, rgb if keep_rgb else None, time.perf_counter() - start)
 
     def encode_json(self, model_id: str, options: SegmentOptions, inferred: _Inferred,
