@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, DownloadError, IntegrityError, OfflineError
-from .zoo import WeightsSpec, gdrive_manual_url, get_backbone_entry, get_entry
+from .zoo import WeightsSpec, get_backbone_entry, get_entry
 
 __all__ = [
     "ENV_HOME",

@@ -77,19 +77,19 @@ def main() -> None:
     print(f"device {device}, threads {args.threads}, image {h}x{w}, median of {args.repeat}")
     print(f"{'model':28s} {'s/image':>9s} {'dets':>5s} {'vs torchvision':>15s}")
     print(f"{'torchvision maskrcnn_r50_v2':28s} {tv_s:9.3f} {tv_n:5d} {'1.00x':>15s}")
-    del tv
+    tv = None  # free its memory before the zoo models run
     results = {}
     for model_id in args.models:
         model = confident_model(model_id, proposals=1000, device=str(device))
         pred = Predictor(model, mask_paste=args.mask_paste)
 
-        def run_ours() -> int:
+        def run_ours(pred: Predictor = pred) -> int:
             return len(pred.predict_instances([image])[0])
 
         s, n = time_it(run_ours, args.repeat)
         results[model_id] = s
         print(f"{model_id:28s} {s:9.3f} {n:5d} {s / tv_s:14.2f}x")
-        del model, pred
+        model = pred = None
     for model_id, s in results.items():
         if "-an" in model_id:
             twin = model_id.replace("-an-gn", "-bn").replace("-an", "-bn")

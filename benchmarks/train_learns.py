@@ -3,7 +3,7 @@
 Generates a synthetic COCO-format dataset (``anzoo.data.synthetic``: coloured rectangles,
 ellipses, triangles, pentagons with exact masks), trains a zoo architecture on it with
 ``anzoo.training.train`` (the full loop: data pipeline, RPN and R-CNN targets, SGD schedule,
-checkpoints), then evaluates box and mask AP on held-out generated images with COCOeval.
+checkpoints), then evaluates box and mask AP on held-out generated images (``anzoo.evaluation``).
 By default the backbone starts from scratch (no ImageNet weights are needed), so nothing is
 frozen and its BatchNorm layers use batch statistics.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from anzoo.data.synthetic import make_synthetic_coco
+from anzoo.evaluation import evaluate_model
 from anzoo.log import setup_logging
 from anzoo.training.engine import TrainConfig, train
-from anzoo.training.evaluation import evaluate_coco
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,12 +34,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=300, help="training iterations")
     p.add_argument("--train-images", type=int, default=64)
     p.add_argument("--val-images", type=int, default=16)
-    p.add_argument("--image-size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"))
+    p.add_argument("--image-size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--warmup-iters", type=int, default=50)
-    p.add_argument("--rpn-proposals", type=int, default=300, help="training proposals per image (recipe 2000)")
-    p.add_argument("--rcnn-samples", type=int, default=128, help="RoIs per image (recipe 512)")
+    p.add_argument("--rpn-proposals", type=int, default=100, help="training proposals per image (recipe 2000)")
+    p.add_argument("--rcnn-samples", type=int, default=32, help="RoIs per image (recipe 512)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--workers", type=int, default=2)
@@ -79,8 +79,8 @@ def main() -> None:
         print(f"iter {rec['iter']:5d}  loss {rec['loss']:.3f}  (cls {rec.get('loss_cls', float('nan')):.3f}, "
               f"mask {rec.get('loss_mask', float('nan')):.3f})  lr {rec['lr']:.4f}")
     assert result.model is not None
-    scores = evaluate_coco(result.model, coco / "annotations" / "instances_val2017.json", coco / "val2017",
-                           scale=scale, device=args.device)
+    scores = evaluate_model(result.model, coco / "annotations" / "instances_val2017.json", coco / "val2017",
+                            scale=scale, device=args.device, workers=args.workers)
     out = {"model": args.model, "iterations": result.iterations, "train_seconds": round(seconds, 1),
            "seconds_per_iter": round(seconds / max(result.iterations, 1), 3), "device": args.device,
            "image_size": list(size), "batch_size": args.batch_size, **{k: round(v, 4) for k, v in scores.items()}}

@@ -18,9 +18,20 @@ from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.data.transforms import flip_boxes, rescale_boxes, train_transform
 from anzoo.errors import AnzooError, DatasetError
 from anzoo.models.detection.box_coder import LegacyBoxCoder
-from anzoo.models.detection.losses import box_head_loss, mask_loss, rpn_loss, smooth_l1_loss
-from anzoo.models.detection.targets import (AssignResult, MaxIoUAssigner, RandomSampler, mask_target_single,
-                                            rcnn_targets, rpn_targets)
+from anzoo.models.detection.losses import (
+    box_head_loss,
+    mask_loss,
+    rpn_loss,
+    smooth_l1_loss,
+)
+from anzoo.models.detection.targets import (
+    AssignResult,
+    MaxIoUAssigner,
+    RandomSampler,
+    mask_target_single,
+    rcnn_targets,
+    rpn_targets,
+)
 from anzoo.training.data import CocoTrainDataset, GroupedBatchSampler, train_collate
 from anzoo.training.schedule import LRSchedule, scaled_lr, schedule_epochs
 
@@ -289,7 +300,7 @@ def test_dataset_skips_bad_annotations_with_counts(tmp_path):
     k = len(item["labels"])
     assert item["boxes"].shape == (k, 4) and item["masks"].shape == (k, 64, 80)
     assert item["masks"].dtype == torch.uint8 and item["labels"].max() < len(ds.class_names)
-    images, metas, targets, ids = train_collate([ds[0], ds[(1, True)]])
+    images, metas, _, ids = train_collate([ds[0], ds[(1, True)]])
     assert images.shape == (2, 3, 64, 96) and metas[1].flipped and ids == ds.image_ids[:2]
 
 

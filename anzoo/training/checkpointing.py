@@ -22,8 +22,14 @@ import torch
 from ..checkpoint import read_checkpoint
 from ..errors import CheckpointError
 
-__all__ = ["capture_rng_state", "restore_rng_state", "save_training_checkpoint", "load_training_state",
-           "LATEST", "epoch_checkpoint_name"]
+__all__ = [
+    "LATEST",
+    "capture_rng_state",
+    "epoch_checkpoint_name",
+    "load_training_state",
+    "restore_rng_state",
+    "save_training_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 

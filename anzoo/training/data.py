@@ -35,12 +35,23 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.coco import category_ids_of, class_names_of, dataloader_worker_init, load_coco_annotations
+from ..data.coco import (
+    category_ids_of,
+    class_names_of,
+    dataloader_worker_init,
+    load_coco_annotations,
+)
 from ..data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
-from ..data.transforms import SIZE_DIVISOR, TEST_SCALE, ImageMeta, pad_to_batch, train_transform
+from ..data.transforms import (
+    SIZE_DIVISOR,
+    TEST_SCALE,
+    ImageMeta,
+    pad_to_batch,
+    train_transform,
+)
 from ..errors import AnzooError, DatasetError
 
-__all__ = ["DatasetStats", "CocoTrainDataset", "GroupedBatchSampler", "train_collate", "build_train_loader"]
+__all__ = ["CocoTrainDataset", "DatasetStats", "GroupedBatchSampler", "build_train_loader", "train_collate"]
 
 log = logging.getLogger(__name__)
 

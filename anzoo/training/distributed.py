@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_distributed", "barrier",
-           "all_reduce_mean", "broadcast_object", "launched_by_torchrun"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean",
+    "barrier",
+    "broadcast_object",
+    "cleanup_distributed",
+    "init_distributed",
+    "is_distributed",
+    "launched_by_torchrun",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +58,7 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> DistInfo:
         return DistInfo(device=device)
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -84,7 +92,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
-def broadcast_object(obj, src: int = 0):  # noqa: ANN001, ANN201 - any picklable value
+def broadcast_object(obj, src: int = 0):
     """``obj`` of rank ``src`` on every rank."""
     if not is_distributed():
         return obj

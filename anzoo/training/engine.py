@@ -50,14 +50,29 @@ from torch import nn
 from ..errors import AnzooError, CheckpointError, DatasetError
 from ..models.detection.detector import TwoStageDetector
 from . import distributed as dist_utils
-from .checkpointing import (LATEST, capture_rng_state, epoch_checkpoint_name, load_training_state,
-                            restore_rng_state, save_training_checkpoint)
+from .checkpointing import (
+    LATEST,
+    capture_rng_state,
+    epoch_checkpoint_name,
+    load_training_state,
+    restore_rng_state,
+    save_training_checkpoint,
+)
 from .data import CocoTrainDataset, GroupedBatchSampler, build_train_loader
 from .metrics import MetricsWriter, peak_memory_mib
-from .schedule import LRSchedule, schedule_epochs, scaled_lr
+from .schedule import LRSchedule, scaled_lr, schedule_epochs
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "build_training_model",
-           "transfer_detector_weights", "resolve_dataset_paths", "FINAL_MODEL", "CLASS_SPECIFIC_KEYS"]
+__all__ = [
+    "CLASS_SPECIFIC_KEYS",
+    "FINAL_MODEL",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "build_training_model",
+    "resolve_dataset_paths",
+    "train",
+    "transfer_detector_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +175,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         for key in ("work_dir", "coco_dir", "train_ann", "train_images", "val_ann", "val_images",
@@ -371,8 +386,14 @@ class _Progress:
         self._bar = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from ..log import stderr_console
 
@@ -600,7 +621,7 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
                     from .evaluation import run_periodic_evaluation
 
                     scores = run_periodic_evaluation(model, val_ann, val_images, scale=config.img_scale,
-                                                     device=device)
+                                                     device=device, workers=config.num_workers)
                     record = {"type": "eval", "iter": iteration, "epoch": epoch, **scores}
                     metrics.write(record)
                     result.evaluations.append(record)

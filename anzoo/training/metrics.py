@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MetricsWriter", "peak_memory_mib", "METRICS_FILE"]
+__all__ = ["METRICS_FILE", "MetricsWriter", "peak_memory_mib"]
 
 log = logging.getLogger(__name__)
 

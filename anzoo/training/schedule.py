@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import AnzooError
 
-__all__ = ["LRSchedule", "schedule_epochs", "BASE_LR", "BASE_BATCH", "scaled_lr"]
+__all__ = ["BASE_BATCH", "BASE_LR", "LRSchedule", "scaled_lr", "schedule_epochs"]
 
 #: The configs' learning rate and the total batch it was tuned for (8 GPUs x 2 images).
 BASE_LR = 0.02
@@ -78,7 +78,7 @@ class LRSchedule:
             lr = lr * (1 - k)
         return lr
 
-    def apply(self, optimizer, iteration: int, epoch: int) -> float:  # noqa: ANN001 - torch optimizer
+    def apply(self, optimizer, iteration: int, epoch: int) -> float:
         lr = self.lr_at(iteration, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr

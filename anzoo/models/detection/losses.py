@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["smooth_l1_loss", "rpn_loss", "box_head_loss", "mask_loss", "accuracy"]
+__all__ = ["accuracy", "box_head_loss", "mask_loss", "rpn_loss", "smooth_l1_loss"]
 
 
 def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:

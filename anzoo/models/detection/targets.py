@@ -34,20 +34,20 @@ from .box_coder import LegacyBoxCoder
 from .box_ops import legacy_box_iou
 
 __all__ = [
+    "CASCADE_STAGE_LOSS_WEIGHTS",
+    "CASCADE_TRAIN_CFGS",
+    "MASK_RCNN_TRAIN_CFG",
     "AssignResult",
     "MaxIoUAssigner",
+    "RCNNTrainConfig",
+    "RPNTargets",
     "RandomSampler",
     "SamplingResult",
-    "RPNTargets",
     "anchor_inside_flags",
-    "rpn_targets",
-    "rcnn_targets",
-    "mask_targets",
     "mask_target_single",
-    "RCNNTrainConfig",
-    "MASK_RCNN_TRAIN_CFG",
-    "CASCADE_TRAIN_CFGS",
-    "CASCADE_STAGE_LOSS_WEIGHTS",
+    "mask_targets",
+    "rcnn_targets",
+    "rpn_targets",
     "sample_rois",
 ]
 
