@@ -48,6 +48,23 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --------------------------------------------------------------------------- zoo files
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a module (server tests run model and HTTP threads side by side)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's API key comes from the test, never from the environment."""
+    monkeypatch.delenv("ANZOO_API_KEY", raising=False)
+
+
 @pytest.fixture
 def extra_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """``extra_zoo(models=[...], backbones=[...], papers={...})`` writes a zoo file and puts it

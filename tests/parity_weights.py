@@ -84,7 +84,7 @@ def _fan_in(key: str, shape: tuple[int, ...]) -> int:
     return int(np.prod(shape[1:]))
 
 
-def _rule(key: str, shape: tuple[int, ...], u: np.ndarray) -> np.ndarray:
+def _rule(key: str, shape: tuple[int, ...], u: np.ndarray, background_logit: float) -> np.ndarray:
     name = key.rsplit(".", 1)[1]
     module = key.rsplit(".", 1)[0]
     if name == "running_mean":
@@ -102,7 +102,7 @@ def _rule(key: str, shape: tuple[int, ...], u: np.ndarray) -> np.ndarray:
         out = 0.1 * u
         if module.endswith("fc_cls"):
             out = 0.5 * u
-            out[0] = BACKGROUND_LOGIT
+            out[0] = background_logit
         return out
     if name == "weight" and len(shape) == 1:
         gamma = 1.0 + 0.2 * u
@@ -123,22 +123,27 @@ def _rule(key: str, shape: tuple[int, ...], u: np.ndarray) -> np.ndarray:
     raise ValueError(f"no parity rule for {key}")
 
 
-def parity_state_dict(model_id: str) -> dict[str, torch.Tensor]:
-    """The parity checkpoint's state dict (mmdetection-v1 keys) for a released row."""
+def parity_state_dict(model_id: str, background_logit: float | None = None) -> dict[str, torch.Tensor]:
+    """The parity checkpoint's state dict (mmdetection-v1 keys) for a released row.
+
+    ``background_logit`` (default ``BACKGROUND_LOGIT``) sets how many detections pass the
+    score threshold: the rows' random features differ in scale, so each fixture picks its own.
+    """
+    bg = BACKGROUND_LOGIT if background_logit is None else float(background_logit)
     out: dict[str, torch.Tensor] = {}
     for key, shape in load_manifest_keys(model_id).items():
         shape = tuple(shape)
         if key.endswith("num_batches_tracked"):
             out[key] = torch.zeros(shape, dtype=torch.long)
             continue
-        value = _rule(key, shape, _uniform(key, shape))
+        value = _rule(key, shape, _uniform(key, shape), bg)
         out[key] = torch.from_numpy(np.asarray(value, dtype=np.float64).astype(np.float32))
     return out
 
 
-def save_parity_checkpoint(model_id: str, path: str | Path) -> Path:
+def save_parity_checkpoint(model_id: str, path: str | Path, background_logit: float | None = None) -> Path:
     """The checkpoint in the original layout: ``{'meta', 'state_dict', 'optimizer'}``."""
     path = Path(path)
     torch.save({"meta": {"mmdet_version": "1.0rc0+7ae8ac2", "epoch": 24, "iter": 0, "parity_seed": SEED},
-                "state_dict": parity_state_dict(model_id), "optimizer": {}}, path)
+                "state_dict": parity_state_dict(model_id, background_logit), "optimizer": {}}, path)
     return path

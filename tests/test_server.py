@@ -29,17 +29,7 @@ SCALE = (128, 96)
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ANZOO_API_KEY", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
 
 
 @pytest.fixture(scope="module")

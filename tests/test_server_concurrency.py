@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -23,17 +22,7 @@ SCALE = (96, 64)
 PNG_HEADERS = {"Content-Type": "image/png"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ANZOO_API_KEY", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Parity with mmdetection v1: every released row gives the reference fork's detections.
+
+The fixtures in ``tests/data/parity/`` were produced once by the authors' mmdetection-v1 fork
+itself (``tools/parity/``: its test pipeline and heads on the CPU, with float32 transcriptions
+of its NMS and RoIAlign CUDA kernels) from the deterministic checkpoints of
+``tests/parity_weights.py``, on a scikit-image photo. Here anzoo loads the same checkpoint file,
+in the original key layout, through ``create_model(pretrained=PATH)`` and must give the same
+detections: same count, same classes, the same boxes and scores to float32 rounding and the
+same masks (legacy paste), pixel for pixel up to a few boundary pixels.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+
+from anzoo.data.demo import demo_image
+from anzoo.factory import create_model
+from anzoo.inference import Predictor
+
+from parity_weights import save_parity_checkpoint
+
+FIXTURES = Path(__file__).parent / "data" / "parity"
+ROWS = sorted(p.name[: -len(".json.gz")] for p in FIXTURES.glob("*.json.gz"))
+
+#: float32 sums in another order (convolutions, RoIAlign accumulation) move boxes by far less
+BOX_TOL = 0.01  # pixels of the original image (measured: <= 1e-4)
+SCORE_TOL = 1e-5  # measured: <= 2e-6
+#: mask pixels allowed to differ per instance (a mask logit within rounding of the 0.5 cut)
+MASK_PIXELS_TOL = 2  # measured: 0, except 1 pixel of one r50-an-gn mask
+
+
+def load_fixture(row: str) -> dict:
+    with gzip.open(FIXTURES / f"{row}.json.gz", "rt") as fh:
+        return json.load(fh)
+
+
+def test_every_released_row_has_a_fixture():
+    from anzoo.zoo import list_entries
+
+    released = sorted(e.id for e in list_entries() if e.weights is not None)
+    assert ROWS == released
+
+
+def _ordered(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Class-major, score-descending order (how mmdetection v1 groups its results)."""
+    return np.lexsort((-scores, labels))
+
+
+def parity_diffs(row: str, workdir: Path) -> list[dict]:
+    """Per fixture image: detection counts and the largest differences to the reference
+    (``tools/parity/report.py`` prints them for every row)."""
+    fixture = load_fixture(row)
+    ckpt = save_parity_checkpoint(row, workdir / f"{row}.pth", background_logit=fixture["background_logit"])
+    model = create_model(row, pretrained=str(ckpt))
+    predictor = Predictor(model, mask_paste="legacy", scale=tuple(fixture["scale"]))
+    out = []
+    for image in fixture["images"]:
+        ref = image["detections"]
+        rgb = demo_image(image["image"])
+        assert list(rgb.shape[:2]) == image["shape"]
+        with torch.inference_mode():
+            det = predictor.predict_instances([rgb])[0]
+        labels, scores = det.labels.numpy(), det.scores.numpy()
+        diffs = {"image": image["image"], "detections": len(labels), "reference": len(ref),
+                 "classes": len(set(labels.tolist()))}
+        out.append(diffs)
+        if len(labels) != len(ref):
+            continue
+        ref_labels = np.array([d["label"] for d in ref], dtype=np.int64)
+        ref_scores = np.array([d["score"] for d in ref], dtype=np.float32)
+        ref_boxes = np.array([d["box"] for d in ref], dtype=np.float32).reshape(-1, 4)
+        ours, theirs = _ordered(labels, scores), _ordered(ref_labels, ref_scores)
+        masks = det.masks.numpy().astype(bool)
+        diffs.update(
+            same_labels=bool(np.array_equal(labels[ours], ref_labels[theirs])),
+            max_score_diff=float(np.abs(scores[ours] - ref_scores[theirs]).max(initial=0)),
+            max_box_diff=float(np.abs(det.boxes.numpy()[ours] - ref_boxes[theirs]).max(initial=0)),
+            max_mask_pixels_diff=max((int(np.count_nonzero(masks[i] != mask_utils.decode(ref[j]["rle"]).astype(bool)))
+                                      for i, j in zip(ours, theirs)), default=0),
+        )
+    return out
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_detections_match_mmdetection_v1(row, tmp_path):
+    for diffs in parity_diffs(row, tmp_path):
+        name = diffs["image"]
+        assert diffs["reference"] > 0, f"{name}: a fixture without detections tests nothing"
+        assert diffs["detections"] == diffs["reference"], diffs
+        assert diffs["same_labels"], diffs
+        assert diffs["max_score_diff"] <= SCORE_TOL, diffs
+        assert diffs["max_box_diff"] <= BOX_TOL, diffs
+        assert diffs["max_mask_pixels_diff"] <= MASK_PIXELS_TOL, diffs

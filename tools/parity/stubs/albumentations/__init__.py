@@ -1,0 +1,2 @@
+class Compose:
+    def __init__(self,*a,**k): raise NotImplementedError('stub')
