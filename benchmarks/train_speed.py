@@ -2,8 +2,10 @@
 
 Generated COCO-format images (default 480x640, resized by the recipe's 1333x800 rule to
 800x1067), the recipe's proposal and RoI counts (2000 proposals, 512 RoIs per image), 2
-images per iteration; a few untimed warm-up iterations, then the median of the logged
-seconds per iteration (data loading included; the data-loading share is printed too).
+images per iteration, random weights with the recipe's frozen stem and first stage and fixed
+backbone norms (nothing is downloaded; speed does not depend on the values); a few untimed
+warm-up iterations, then the median of the logged seconds per iteration (data loading
+included; the data-loading share is printed too).
 
     python benchmarks/train_speed.py                                  # CPU, r50-bn
     python benchmarks/train_speed.py --device cuda --amp --iters 50 --model aognet40m-an
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import tempfile
 from pathlib import Path
@@ -45,6 +48,9 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # the weights are random (no download): the engine's "from scratch, expect low accuracy"
+    # warning says nothing about speed
+    logging.getLogger("anzoo.training.engine").setLevel(logging.ERROR)
     total = args.warmup + args.iters
     with tempfile.TemporaryDirectory(prefix="anzoo-train-speed-") as tmp:
         coco = Path(tmp) / "coco"
@@ -67,9 +73,15 @@ def main() -> None:
            "threads": torch.get_num_threads(), "seconds_per_iter": round(per_iter, 4),
            "data_seconds_per_iter": round(data, 4), "images_per_second": round(args.batch_size / per_iter, 3),
            "peak_memory_mib": round(max(r["memory_mib"] for r in timed), 1), "iterations_timed": len(timed)}
-    print(f"{args.model} on {args.device}{' (amp)' if args.amp else ''}: {per_iter:.3f} s/iteration "
-          f"({out['images_per_second']} images/s, data {data:.3f} s), batch {args.batch_size}, "
-          f"peak memory {out['peak_memory_mib']:.0f} MiB")
+    h, w = args.image_size  # the recipe's resize: as large as fits both limits, aspect kept
+    factor = min(max(args.img_scale) / max(h, w), min(args.img_scale) / min(h, w))
+    device = f"{args.device} ({torch.get_num_threads()} threads)" if str(args.device) == "cpu" else str(args.device)
+    memory = "peak GPU memory" if str(args.device).startswith("cuda") else "peak RSS"
+    print(f"{args.model} on {device}{' with amp' if args.amp else ''}: {per_iter:.3f} s/iteration "
+          f"({out['images_per_second']} images/s; data loading {data:.3f} s of it), median of {len(timed)} "
+          f"iterations; batch {args.batch_size} of {h}x{w} images trained at {round(h * factor)}x{round(w * factor)}, "
+          f"{out['rpn_proposals']} proposals and "
+          f"{out['rcnn_samples']} RoIs per image; {memory} {out['peak_memory_mib']:.0f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
