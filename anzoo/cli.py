@@ -738,7 +738,7 @@ def train_cmd(
         raise typer.BadParameter("give --backbone-weights or --no-pretrained-backbone, not both")
     if (train_ann is None) != (train_images is None):
         raise typer.BadParameter("--train-ann and --train-images go together")
-    if coco is None and train_ann is None:
+    if coco is None and train_ann is None and not resume:  # a resumed run knows its data
         raise typer.BadParameter("give --coco DIR, or --train-ann FILE --train-images DIR")
     from .training.engine import TrainConfig, train
 

@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--backbone-weights", default=None, help="ImageNet checkpoint (default: from scratch)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", default=None, help="default: a temporary folder")
+    p.add_argument("--work-dir", default=None, help="keep the dataset and checkpoints here (default: a temporary folder, removed at the end)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     return p.parse_args()
 
@@ -59,7 +59,14 @@ def main() -> None:
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="anzoo-learns-"))
+    if args.work_dir:
+        run(args, Path(args.work_dir))
+    else:  # the run writes a checkpoint per epoch (360 MB each for R-50): remove them afterwards
+        with tempfile.TemporaryDirectory(prefix="anzoo-learns-") as tmp:
+            run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     coco = work / "coco"
     size = tuple(args.image_size)
     make_synthetic_coco(coco, num_images=args.train_images, image_size=size, split="train2017", seed=args.seed,

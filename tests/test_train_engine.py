@@ -146,6 +146,17 @@ def test_trained_model_loads_and_predicts(cli_run):
     assert all(r["segmentation"]["size"] == [96, 128] for r in records)
 
 
+def test_cli_resume_of_a_finished_run_needs_no_data_options(cli_run, caplog):
+    """--resume takes the data and the recipe from the run's checkpoint, silently."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANZOO_HOME", str(cli_run["work"].parent / "home"))
+        result = CliRunner().invoke(app, ["train", "r50-bn", "--work-dir", str(cli_run["work"]), "--resume",
+                                          "--no-progress", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "after 6 iterations (6/6 epochs)" in result.output
+    assert "resuming: keeping" not in caplog.text
+
+
 def _small_config(coco: Path, work: Path, **kw) -> TrainConfig:
     base = TrainConfig("r50-bn", work_dir=work, coco_dir=coco, epochs=2, batch_size=1, lr=0.01, warmup_iters=2,
                        img_scale=SCALE, pretrained_backbone=False, frozen_stages=1, norm_eval=True, num_workers=0,

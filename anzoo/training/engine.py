@@ -366,10 +366,13 @@ def _merge_resumed_config(config: TrainConfig, saved: dict[str, Any]) -> TrainCo
     old = TrainConfig.from_json({**saved, "work_dir": str(config.work_dir)})
     if old.model_id != config.model_id:
         raise CheckpointError(f"{Path(config.work_dir) / LATEST} is a run of {old.model_id}, not {config.model_id}")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     updates = {}
     for name in TrainConfig.RECIPE_FIELDS:
         new, before = getattr(config, name), getattr(old, name)
-        if new is not None and new != before and name != "model_id":
+        # a value left at its default was not asked for (the CLI passes every default)
+        asked = new is not None and new != defaults.get(name)
+        if asked and new != before and name != "model_id":
             log.warning("resuming: keeping %s=%s of the interrupted run (ignoring %s)", name, before, new)
         updates[name] = before
     return replace(config, **updates)

@@ -61,6 +61,12 @@ class ConvFCBoxHead(nn.Module):
             self.fcs.append(nn.Linear(dim, fc_channels))
             dim = fc_channels
         self.out_channels = dim
+        # mmdetection's ConvModule init (the box head convs always start from scratch)
+        for block in self.convs:
+            conv = block[0]
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         for fc in self.fcs:
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
