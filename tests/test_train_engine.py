@@ -41,12 +41,7 @@ FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--lo
         "--no-progress", "--no-tensorboard", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _backbone_checkpoint(path: Path) -> Path:

@@ -36,12 +36,7 @@ from anzoo.training.data import CocoTrainDataset, GroupedBatchSampler, train_col
 from anzoo.training.schedule import LRSchedule, scaled_lr, schedule_epochs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ assigner

@@ -437,9 +437,15 @@ def train(config: TrainConfig) -> TrainResult:
 
     work_dir = Path(config.work_dir)
     info = dist_utils.init_distributed(resolve_device(config.device))
+    # every rank runs the same code: only the main process's warnings reach the user
+    package_log = logging.getLogger("anzoo")
+    level = package_log.level
+    if not info.is_main:
+        package_log.setLevel(logging.ERROR)
     try:
         return _train(config, work_dir, info, save_model)
     finally:
+        package_log.setLevel(level)
         dist_utils.cleanup_distributed()
 
 
