@@ -721,6 +721,8 @@ def train_cmd(
         "--from", help="Fine-tune from a zoo model's released weights (its id) or a checkpoint file; "
                        "class-specific layers start afresh when the classes differ.", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Data-loading processes per GPU.")] = 2,
+    keep_checkpoints: Annotated[int, typer.Option(
+        "--keep-checkpoints", min=0, help="Keep only the N newest epoch checkpoints (0: all).")] = 0,
     warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0, help="Linear warm-up iterations.")] = 500,
     rpn_proposals: Annotated[Optional[int], typer.Option(
         "--rpn-proposals", min=1, help="Training proposals per image (recipe: 2000).", show_default=False)] = None,
@@ -748,6 +750,7 @@ def train_cmd(
         resume=resume, max_iters=max_iters, img_scale=(max(img_scale), min(img_scale)), eval_every=eval_every,
         seed=seed, device=device, backbone_weights=backbone_weights,
         pretrained_backbone=not no_pretrained_backbone, from_model=from_, num_workers=workers,
+        keep_checkpoints=keep_checkpoints,
         warmup_iters=warmup_iters, rpn_proposals=rpn_proposals, rcnn_samples=rcnn_samples,
         log_every=log_every, progress=progress, tensorboard=tensorboard)
     result = train(config)

@@ -178,6 +178,18 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [r["iter"] for r in _records(tmp_path / "b")] == [1, 2, 3]
 
 
+def test_keep_checkpoints_and_latest_is_a_link(tmp_path):
+    coco = tmp_path / "coco"
+    make_synthetic_coco(coco, num_images=1, image_size=(96, 128), split="train2017", seed=2)
+    work = tmp_path / "w"
+    result = train(_small_config(coco, work, epochs=3, keep_checkpoints=1))
+    assert sorted(p.name for p in work.glob("*.pth")) == ["epoch_3.pth", "latest.pth", FINAL_MODEL]
+    latest, newest = (work / "latest.pth").stat(), (work / "epoch_3.pth").stat()
+    assert latest.st_ino == newest.st_ino  # one file on disk, two names
+    assert result.latest_checkpoint == work / "latest.pth"
+    assert read_checkpoint(work / "latest.pth")["training"]["epoch"] == 3
+
+
 def test_resume_errors(tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(_small_config(tmp_path, tmp_path / "w", resume=True))

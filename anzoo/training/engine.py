@@ -76,6 +76,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: process-group timeout of a training run (the default 30 minutes could expire while rank 0
+#: evaluates a large model on the whole of val2017 and the others wait)
+EVAL_BARRIER_TIMEOUT_S = 4 * 3600
+
 FINAL_MODEL = "model_final.pth"
 #: Parameter name fragments of the layers whose shape depends on the number of classes.
 CLASS_SPECIFIC_KEYS = ("box_predictor.cls_score.", "box_predictor.bbox_pred.", "predictor.mask_fcn_logits.")
@@ -112,6 +116,7 @@ class TrainConfig:
             source is given).
         from_model: fine-tune from a zoo id (released weights) or a detector checkpoint path.
         num_workers: DataLoader worker processes per training process.
+        keep_checkpoints: keep only the N newest ``epoch_N.pth`` (0: all of them).
         rpn_proposals: proposals per image kept in training (recipe: 2000; smaller for
             quick experiments).
         rcnn_samples: RoIs sampled per image per R-CNN stage (recipe: 512).
@@ -143,6 +148,7 @@ class TrainConfig:
     pretrained_backbone: bool = True
     from_model: str | None = None
     num_workers: int = 2
+    keep_checkpoints: int = 0
     warmup_iters: int = 500
     warmup_ratio: float = 1.0 / 3
     grad_clip: float | None = 35.0
@@ -421,10 +427,15 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def _link_atomic(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content: a hard link where the file system allows (no second
+    copy on disk; checkpoints are replaced, never written in place), else a copy."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(src, tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -436,7 +447,8 @@ def train(config: TrainConfig) -> TrainResult:
     from ..factory import resolve_device, save_model
 
     work_dir = Path(config.work_dir)
-    info = dist_utils.init_distributed(resolve_device(config.device))
+    # rank 0 evaluates alone while the others wait at a barrier: allow a full val2017 pass
+    info = dist_utils.init_distributed(resolve_device(config.device), timeout_s=EVAL_BARRIER_TIMEOUT_S)
     # every rank runs the same code: only the main process's warnings reach the user
     package_log = logging.getLogger("anzoo")
     level = package_log.level
@@ -558,7 +570,10 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
         latest = work_dir / LATEST
         if name:
             path = save_training_checkpoint(work_dir / name, model, state)
-            _copy_atomic(path, latest)
+            _link_atomic(path, latest)
+            if config.keep_checkpoints:
+                for old_epoch in range(1, epoch_ - config.keep_checkpoints + 1):
+                    (work_dir / epoch_checkpoint_name(old_epoch)).unlink(missing_ok=True)
         else:
             save_training_checkpoint(latest, model, state)
         result.latest_checkpoint = latest
