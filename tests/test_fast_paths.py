@@ -1,4 +1,4 @@
-"""The fast inference paths give the reference paths' detections (issue 9), on the CPU."""
+"""The fast inference paths give the reference paths' detections, on the CPU."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,12 +9,7 @@ from anzoo.inference import Predictor
 from anzoo.testing import SMALL_SCALE, confident_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +57,11 @@ def test_channels_last_and_batching_keep_detections(model):
 
 def test_bf16_autocast_on_cpu_stays_close(model):
     images = _images()[:1]
-    ref = Predictor(model, scale=SMALL_SCALE).predict_instances(images)[0]
-    low = Predictor(model, scale=SMALL_SCALE, fp16=True).predict_instances(images)[0]
+    scale = (192, 128)  # bfloat16 convolutions are slow on CPUs without native support
+    ref = Predictor(model, scale=scale).predict_instances(images)[0]
+    low = Predictor(model, scale=scale, fp16=True).predict_instances(images)[0]
     # bfloat16 keeps 8 bits of mantissa: the top detections survive, boxes move by a few px at most
+    assert len(ref) >= 5
     top = ref.scores.argsort(descending=True)[:5]
     for i in top:
         same = (low.labels == ref.labels[i])
