@@ -6,7 +6,7 @@ as a parity fixture (tests/data/parity/ROW.json.gz).
 IMAGE names a scikit-image photo (``anzoo.data.demo``). The checkpoint is the deterministic one
 of tests/parity_weights.py with the given background logit, saved in the original layout.
 Environment: PARITY_ROOT (reference set-up, see README.md), REF (the two cloned repositories,
-default /tmp/ref), THREADS.
+default /tmp/ref), THREADS, PARITY_OUT (another folder for the fixture, e.g. a full-scale check).
 """
 import gzip
 import json
@@ -81,7 +81,8 @@ def main():
               '%.1fs' % (time.time() - t), flush=True)
     doc = {'row': row, 'scale': [long_, short], 'background_logit': bg, 'reference': REFERENCE,
            'images': images}
-    out = os.path.join(REPO, 'tests', 'data', 'parity', f'{row}.json.gz')
+    out_dir = os.environ.get('PARITY_OUT') or os.path.join(REPO, 'tests', 'data', 'parity')
+    out = os.path.join(out_dir, f'{row}.json.gz')
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with gzip.open(out, 'wt') as fh:
         json.dump(doc, fh, separators=(',', ':'))

@@ -1,8 +1,11 @@
 """Print anzoo's differences to the reference detections of every parity fixture.
 
     python tools/parity/report.py [ROW ...]
+
+PARITY_FIXTURES=DIR reads the fixtures from DIR instead of tests/data/parity.
 """
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -11,15 +14,18 @@ import torch
 
 TESTS = Path(__file__).resolve().parents[2] / "tests"
 sys.path.insert(0, str(TESTS))
-from test_parity import ROWS, parity_diffs  # noqa: E402
+import test_parity  # noqa: E402
+
+if os.environ.get("PARITY_FIXTURES"):
+    test_parity.FIXTURES = Path(os.environ["PARITY_FIXTURES"])
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    rows = sys.argv[1:] or ROWS
+    rows = sys.argv[1:] or test_parity.ROWS
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
-            for diffs in parity_diffs(row, Path(tmp)):
+            for diffs in test_parity.parity_diffs(row, Path(tmp)):
                 print(json.dumps({"row": row, **diffs}), flush=True)
 
 
