@@ -228,7 +228,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     cfg = TrainConfig("r50-bn", work_dir=out / "work", coco_dir=coco, epochs=1, batch_size=1, lr=0.01,
                       warmup_iters=1, img_scale=(128, 96), pretrained_backbone=False, frozen_stages=1,
                       norm_eval=True, num_workers=0, rpn_proposals=30, rcnn_samples=16, log_every=1,
-                      progress=False, eval_every=0, device="cpu")
+                      progress=False, eval_every=1, device="cpu")
     res = train(cfg)
     sd = res.model.state_dict()
     digest = hashlib.sha256()
@@ -246,6 +246,7 @@ def test_two_processes_under_torchrun_agree(tmp_path):
         pytest.skip("torchrun not installed next to the interpreter")
     coco = tmp_path / "coco"
     make_synthetic_coco(coco, num_images=4, image_size=[(96, 128), (128, 96)], split="train2017", seed=1)
+    make_synthetic_coco(coco, num_images=3, image_size=(96, 128), split="val2017", seed=5)
     script = tmp_path / "ddp_train.py"
     script.write_text(_DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANZOO_HOME": str(tmp_path / "home")}
@@ -259,6 +260,10 @@ def test_two_processes_under_torchrun_agree(tmp_path):
     assert ranks[0]["digest"] == ranks[1]["digest"]
     work = tmp_path / "work"  # only rank 0 writes
     assert [r["iter"] for r in _records(work)] == [1, 2]
+    # the evaluation after the epoch: both processes shared the 3 images, rank 0 reports them
+    evals = _records(work, "eval")
+    assert len(evals) == 1 and evals[0]["images"] == 3 and -1 <= evals[0]["segm_ap"] <= 1
+    assert not (work / ".eval").exists()
     saved = read_checkpoint(work / FINAL_MODEL)["state_dict"]
     digest = __import__("hashlib").sha256()
     for key in sorted(saved):

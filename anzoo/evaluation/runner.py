@@ -180,20 +180,25 @@ def evaluate(
 def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str],
                    *, scale: Sequence[int] = TEST_SCALE, device: str | torch.device | None = None,
                    max_images: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-                   batch_size: int = 1, workers: int = 2) -> dict[str, float]:
-    """COCO metrics of a model in this process alone (e.g. periodic evaluation while training).
+                   batch_size: int = 1, workers: int = 2, distributed: bool = False) -> dict[str, float]:
+    """COCO metrics of a model (e.g. periodic evaluation while training).
 
     Returns ``images`` and ``<bbox|segm>_<metric>`` for the 12 metrics in lower case
     (``bbox_ap``, ``segm_ap50``, ...). ``device`` None: the model's own. The results files go
-    to ``out_dir``, or to a temporary folder that is removed.
+    to ``out_dir``, or to a temporary folder that is removed. ``distributed``: every process of
+    the current process group calls this and evaluates its share of the images (``out_dir``
+    must then be a folder they all see); each gets the metrics.
     """
     import tempfile
 
+    if distributed and out_dir is None:
+        raise ValueError("a distributed evaluation needs an out_dir shared by the processes")
     if device is None:
         device = next(model.parameters()).device
     with tempfile.TemporaryDirectory(prefix="anzoo-eval-") if out_dir is None else nullcontext(out_dir) as out:
         result = evaluate(model, ann_file, image_dir, out, limit=max_images, scale=scale, device=device,
-                          batch_size=batch_size, workers=workers, progress=False, expected={}, distributed=False)
+                          batch_size=batch_size, workers=workers, progress=False, expected={},
+                          distributed=distributed)
     metrics = {"images": float(result.num_images)}
     for iou_type in IOU_TYPES:
         for name in METRIC_NAMES:

@@ -77,8 +77,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: process-group timeout of a training run (the default 30 minutes could expire while rank 0
-#: evaluates a large model on the whole of val2017 and the others wait)
+#: alone runs COCOeval on a large evaluation set and the others wait)
 EVAL_BARRIER_TIMEOUT_S = 4 * 3600
+#: where the processes put their shares of a periodic evaluation (removed afterwards)
+EVAL_DIR = ".eval"
 
 FINAL_MODEL = "model_final.pth"
 #: Parameter name fragments of the layers whose shape depends on the number of classes.
@@ -641,18 +643,23 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
             checkpoint(epoch, 0, epoch_checkpoint_name(epoch))
             if (config.eval_every and epoch % config.eval_every == 0 and val_ann is not None
                     and val_images is not None):
-                if info.is_main:
-                    from .evaluation import run_periodic_evaluation
+                from .evaluation import run_periodic_evaluation
 
-                    scores = run_periodic_evaluation(model, val_ann, val_images, scale=config.img_scale,
-                                                     device=device, workers=config.num_workers)
+                # every process evaluates its share of the images; the results meet in the work dir
+                eval_dir = work_dir / EVAL_DIR
+                scores = run_periodic_evaluation(model, val_ann, val_images, scale=config.img_scale,
+                                                 device=device, workers=config.num_workers, out_dir=eval_dir,
+                                                 distributed=info.world_size > 1)
+                model.train()
+                if info.is_main:
                     record = {"type": "eval", "iter": iteration, "epoch": epoch, **scores}
                     metrics.write(record)
                     result.evaluations.append(record)
                     log.info("epoch %d evaluation: %s", epoch,
                              ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
-                    model.train()
                 dist_utils.barrier()
+                if info.is_main:
+                    shutil.rmtree(eval_dir, ignore_errors=True)
         if epoch < total_epochs and not result.stopped_early:
             result.stopped_early = True  # stopped exactly at an epoch boundary by --max-iters
     except KeyboardInterrupt:
