@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .fileio import atomic_path
 
 __all__ = [
     "ANZOO_FORMAT",
@@ -183,12 +184,6 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(dict(obj), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -578,7 +578,7 @@ def eval_(
 
     from . import zoo
     from .evaluation import ReportRow, markdown_report
-    from .evaluation.store import atomic_write_json
+    from .fileio import atomic_write_json, atomic_write_text
 
     root = out or Path("anzoo-eval")
     rows: list[ReportRow] = []
@@ -597,10 +597,7 @@ def eval_(
     if rank > 0:
         return
     report = root / "report.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text(markdown_report(rows), encoding="utf-8")
-    tmp.replace(report)
+    atomic_write_text(report, markdown_report(rows))
     atomic_write_json(root / "report.json", [
         {"id": r.entry.id, "error": r.error,
          "result": None if r.result is None else {k: v for k, v in r.result.to_json().items() if k != "summaries"}}

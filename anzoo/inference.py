@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,13 +32,14 @@ from .errors import AnzooError
 from .data.results import instances_to_records
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
 from .factory import resolve_device
+from .fileio import atomic_write_bytes
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import paste_masks_fast, paste_masks_legacy
 from .structures import Instances
 from .visualize import draw_instances
 
-__all__ = ["Predictor", "MASK_PASTE_MODES", "FileResult", "atomic_write_bytes"]
+__all__ = ["Predictor", "MASK_PASTE_MODES", "FileResult"]
 
 log = logging.getLogger(__name__)
 
@@ -244,17 +244,6 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
         seen[name] = n + 1
         out.append(name if n == 0 else f"{name}-{n}")
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _as_list(images: Iterable[Any] | Any) -> list[Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from anzoo.errors import AnzooError
+from anzoo.fileio import atomic_path
 
 __all__ = ["demo_image", "demo_image_description", "demo_image_names", "save_demo_image"]
 
@@ -61,10 +62,8 @@ def save_demo_image(name: str, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
 
 

@@ -14,10 +14,8 @@ Layout written (as COCO)::
 """
 from __future__ import annotations
 
-import json
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from anzoo.data.results import encode_mask_rle
+from anzoo.fileio import atomic_path, atomic_write_json
 
 __all__ = ["DEFAULT_CATEGORIES", "make_synthetic_coco", "mask_bbox"]
 
@@ -154,7 +153,7 @@ def make_synthetic_coco(
         "categories": cats,
     }
     ann_file = ann_dir / f"instances_{split}.json"
-    _write_json_atomic(dataset, ann_file)
+    atomic_write_json(ann_file, dataset, indent=None)
     return ann_file
 
 
@@ -236,20 +235,10 @@ def _place_crowd(rng: np.random.Generator, occupied: np.ndarray, tries: int = 40
 
 def _save_image(rgb: np.ndarray, path: Path, image_format: str) -> None:
     image = Image.fromarray(rgb)
-    tmp = path.with_name(path.name + ".tmp")
-    if image_format == "jpg":
-        image.save(tmp, format="JPEG", quality=95)
-    else:
-        image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if image_format == "jpg":
+            image.save(tmp, format="JPEG", quality=95)
+        else:
+            image.save(tmp, format="PNG")
 
 
-def _write_json_atomic(data: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -44,7 +44,8 @@ from ..structures import Instances
 from .dataset import label_category_ids
 from .distributed import DistContext, init_distributed
 from .metrics import IOU_TYPES, METRIC_NAMES, Comparison, coco_evaluate, compare, is_coco_val2017, overall_verdict
-from .store import ResultStore, atomic_write_json, result_line
+from ..fileio import atomic_write_json
+from .store import ResultStore, result_line
 
 __all__ = ["EvalResult", "evaluate", "evaluate_model"]
 

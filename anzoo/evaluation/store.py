@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import AnzooError
+from ..fileio import atomic_open, atomic_write_json
 
 __all__ = [
     "BBOX_FILE",
@@ -39,7 +39,6 @@ __all__ = [
     "SEGM_FILE",
     "PartialWriter",
     "ResultStore",
-    "atomic_write_json",
     "result_line",
 ]
 
@@ -194,7 +193,7 @@ class ResultStore:
             raise AnzooError(f"{len(missing)} images have no results in {self.partial_dir} (e.g. "
                              f"{missing[:5]}); run again with --resume")
         count = 0
-        with _atomic_open(self.segm_file) as segm, _atomic_open(self.bbox_file) as bbox:
+        with atomic_open(self.segm_file) as segm, atomic_open(self.bbox_file) as bbox:
             segm.write(b"[")
             bbox.write(b"[")
             handles: dict[Path, BinaryIO] = {}
@@ -223,31 +222,3 @@ class ResultStore:
             segm.write(b"\n]\n")
             bbox.write(b"\n]\n")
         return count
-
-
-@contextmanager
-def _atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside ``path``, renamed onto it when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    with _atomic_open(path) as fh:
-        fh.write(json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")

@@ -30,7 +30,6 @@ pretrained=PATH)``, ``anzoo predict --weights``, ``anzoo eval --weights``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import AnzooError, CheckpointError, DatasetError
+from ..fileio import atomic_path, atomic_write_json
 from ..models.detection.detector import TwoStageDetector
 from . import distributed as dist_utils
 from .checkpointing import (
@@ -432,16 +432,11 @@ def _seed_everything(seed: int) -> None:
 def _link_atomic(src: Path, dst: Path) -> None:
     """``dst`` becomes ``src``'s content: a hard link where the file system allows (no second
     copy on disk; checkpoints are replaced, never written in place), else a copy."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -541,9 +536,7 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
                    "iters_per_epoch": iters_per_epoch, "num_classes": len(dataset.class_names),
                    "class_names": dataset.class_names, "category_ids": dataset.category_ids,
                    "dataset": dataclasses.asdict(dataset.stats), "device": str(device)}
-        tmp = work_dir / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        os.replace(tmp, work_dir / "config.json")
+        atomic_write_json(work_dir / "config.json", summary)
         log.info("training %s on %d images (%d classes): %d epochs x %d iterations, %d images per "
                  "iteration (%d process(es)), lr %.4g, steps at epochs %s, on %s",
                  config.model_id, len(dataset), len(dataset.class_names), total_epochs, iters_per_epoch,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import resource
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..fileio import atomic_write_text
 
 __all__ = ["METRICS_FILE", "MetricsWriter", "peak_memory_mib"]
 
@@ -74,9 +75,7 @@ class MetricsWriter:
                 continue
             if int(rec.get("iter", 0)) <= iteration:
                 kept.append(line)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
