@@ -50,7 +50,9 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- zoo files
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    """torch on one thread for a module (server tests run model and HTTP threads side by side)."""
+    """torch on one intra-op thread for a module: on a shared 2-core machine OpenMP's second
+    thread waits for CPU time at every parallel region (a 64x64 AOGNet forward goes from 0.1 s
+    to 20 s), and server tests run model and HTTP threads side by side."""
     import torch
 
     before = torch.get_num_threads()

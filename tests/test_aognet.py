@@ -65,14 +65,7 @@ def formula_state_dict(name: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP's second thread waits for CPU
-    time at every parallel region and a 64x64 forward goes from 0.1 s to 20 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

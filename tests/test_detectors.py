@@ -21,12 +21,7 @@ from manifests import load_manifest, mmdet_checkpoint
 RELEASED = [e.id for e in list_entries() if e.has_weights]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(model_id: str) -> int:
