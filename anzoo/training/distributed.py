@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..evaluation.distributed import launched_by_torchrun
+
 __all__ = [
     "DistInfo",
     "all_reduce_mean",
@@ -41,10 +43,6 @@ class DistInfo:
     def is_main(self) -> bool:
         """The one process that writes logs and checkpoints."""
         return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
 def is_distributed() -> bool:
