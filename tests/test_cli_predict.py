@@ -48,6 +48,17 @@ def _run(*args):
     return runner.invoke(cli.app, ["predict", *args, "--scale", str(SMALL_SCALE[0]), str(SMALL_SCALE[1])])
 
 
+def test_readme_main_job_demo_photo(tmp_path, fake_model):
+    """The README's main job, `anzoo predict --demo astronaut --out predictions`, minus the download."""
+    out = tmp_path / "predictions"
+    result = _run("--demo", "astronaut", "--out", str(out), "--score-thr", "0.0")
+    assert result.exit_code == 0, result.output
+    assert fake_model["model_id"] == "aognet40m-an-gn" and fake_model["weights"] is None
+    records = json.loads((out / "astronaut.json").read_text())
+    assert records and all(r["segmentation"]["size"] == [512, 512] for r in records)
+    assert Image.open(out / "astronaut.png").size == (512, 512)
+
+
 def test_predict_writes_json_and_png(tmp_path, fake_model):
     img = _photo(tmp_path / "street.jpg")
     out = tmp_path / "out"
