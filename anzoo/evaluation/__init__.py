@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from .dataset import CocoFiles, label_category_ids, resolve_coco_files
-from .distributed import DistContext, init_distributed, launched_by_torchrun, torchrun_command
+from ..distributed import DistContext, init_distributed, launched_by_torchrun, torchrun_command
 from .metrics import IOU_TYPES, METRIC_NAMES, TOLERANCE, coco_evaluate, compare, is_coco_val2017, verdict
 from .report import ReportRow, comparison_rows, markdown_report, verdict_line
 from .runner import EvalResult, evaluate, evaluate_model

@@ -35,16 +35,16 @@ from .. import __version__
 from ..data.coco import CocoImageDataset, build_inference_loader, load_coco_annotations
 from ..data.results import encode_masks_rle_torch, instances_to_coco
 from ..data.transforms import TEST_SCALE
+from ..distributed import DistContext, init_distributed
 from ..errors import AnzooError, DatasetError
 from ..factory import resolve_device
+from ..fileio import atomic_write_json
 from ..inference import Predictor
 from ..models.detection.detections import Detections
 from ..models.detection.detector import TwoStageDetector
 from ..structures import Instances
 from .dataset import label_category_ids
-from .distributed import DistContext, init_distributed
 from .metrics import IOU_TYPES, METRIC_NAMES, Comparison, coco_evaluate, compare, is_coco_val2017, overall_verdict
-from ..fileio import atomic_write_json
 from .store import ResultStore, result_line
 
 __all__ = ["EvalResult", "evaluate", "evaluate_model"]
@@ -132,7 +132,7 @@ def evaluate(
 
     Writes ``results.bbox.json``, ``results.segm.json`` and ``metrics.json`` into ``out_dir``
     (rank 0) and returns the result on every process. Run under torchrun, the processes
-    share the images (see :mod:`anzoo.evaluation.distributed`).
+    share the images (see :mod:`anzoo.distributed`).
 
     Args:
         model: the detector (moved to ``device``).
@@ -160,10 +160,10 @@ def evaluate(
     started = time.perf_counter()
     files = ResultStore(out_dir)
     dev = resolve_device(device)
-    ctx = init_distributed(dev.type) if distributed else DistContext()
+    ctx = init_distributed(dev) if distributed else DistContext(device=dev)
     try:
-        if dev.type == "cuda" and ctx.distributed:
-            dev = torch.device("cuda", ctx.local_rank)
+        if ctx.distributed:
+            dev = ctx.device  # cuda:LOCAL_RANK
         elif dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         return _Evaluation(

@@ -30,6 +30,7 @@ pretrained=PATH)``, ``anzoo predict --weights``, ``anzoo eval --weights``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import math
 import os
@@ -49,7 +50,7 @@ from torch import nn
 from ..errors import AnzooError, CheckpointError, DatasetError
 from ..fileio import atomic_path, atomic_write_json
 from ..models.detection.detector import TwoStageDetector
-from . import distributed as dist_utils
+from ..distributed import DistContext, init_distributed
 from .checkpointing import (
     LATEST,
     capture_rng_state,
@@ -78,7 +79,7 @@ log = logging.getLogger(__name__)
 
 #: process-group timeout of a training run (the default 30 minutes could expire while rank 0
 #: alone runs COCOeval on a large evaluation set and the others wait)
-EVAL_BARRIER_TIMEOUT_S = 4 * 3600
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=4)
 #: where the processes put their shares of a periodic evaluation (removed afterwards)
 EVAL_DIR = ".eval"
 
@@ -355,7 +356,7 @@ def _apply_proposal_overrides(model: TwoStageDetector, config: TrainConfig) -> N
             heads.train_cfg = replace(MASK_RCNN_TRAIN_CFG, num_samples=n)
 
 
-def _maybe_sync_batchnorm(model: nn.Module, info: dist_utils.DistInfo) -> nn.Module:
+def _maybe_sync_batchnorm(model: nn.Module, info: DistContext) -> nn.Module:
     """Batch-statistics BatchNorm layers (training from scratch) synchronised across GPUs."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -444,8 +445,7 @@ def train(config: TrainConfig) -> TrainResult:
     from ..factory import resolve_device, save_model
 
     work_dir = Path(config.work_dir)
-    # rank 0 evaluates alone while the others wait at a barrier: allow a full val2017 pass
-    info = dist_utils.init_distributed(resolve_device(config.device), timeout_s=EVAL_BARRIER_TIMEOUT_S)
+    info = init_distributed(resolve_device(config.device), timeout=PROCESS_GROUP_TIMEOUT)
     # every rank runs the same code: only the main process's warnings reach the user
     package_log = logging.getLogger("anzoo")
     level = package_log.level
@@ -455,10 +455,10 @@ def train(config: TrainConfig) -> TrainResult:
         return _train(config, work_dir, info, save_model)
     finally:
         package_log.setLevel(level)
-        dist_utils.cleanup_distributed()
+        info.close()
 
 
-def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_model: Any) -> TrainResult:
+def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: Any) -> TrainResult:
     from .. import zoo
 
     device = info.device
@@ -549,13 +549,7 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
 
     def checkpoint(epoch_: int, batch_: int, name: str | None = None) -> None:
         """Everything to resume at (epoch_, batch_); written by the main process."""
-        rng = capture_rng_state()
-        if info.world_size > 1:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng_all = gathered
-        else:
-            rng_all = [rng]
+        rng_all = info.all_gather(capture_rng_state())
         if not info.is_main:
             return
         state = {"version": 1, "epoch": epoch_, "batch": batch_, "iteration": iteration,
@@ -611,7 +605,7 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
                 if iteration % max(1, config.log_every) == 0 or is_last:
                     values = {k: float(v.detach()) for k, v in losses.items()}
                     values["loss"] = float(loss.detach())
-                    values = dist_utils.all_reduce_mean(values, device)
+                    values = info.all_reduce_mean(values)
                     elapsed = time.perf_counter() - window_start
                     record = {"type": "train", "iter": iteration, "epoch": epoch + 1, "lr": lr, **values,
                               "grad_norm": grad_norm, "time_per_iter": elapsed / window_iters,
@@ -650,7 +644,7 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
                     result.evaluations.append(record)
                     log.info("epoch %d evaluation: %s", epoch,
                              ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
-                dist_utils.barrier()
+                info.barrier()
                 if info.is_main:
                     shutil.rmtree(eval_dir, ignore_errors=True)
         if epoch < total_epochs and not result.stopped_early:
@@ -667,5 +661,5 @@ def _train(config: TrainConfig, work_dir: Path, info: dist_utils.DistInfo, save_
     if info.is_main:  # the weights the run ended with (also after --max-iters)
         result.final_model = save_model(model, work_dir / FINAL_MODEL)
         log.info("final model: %s", result.final_model)
-    dist_utils.barrier()
+    info.barrier()
     return result

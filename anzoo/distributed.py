@@ -1,10 +1,15 @@
-"""Process groups for ``torchrun --nproc_per_node N -m anzoo eval ...``.
+"""Several processes under ``torchrun``: the process group and this process's place in it.
 
-Each process evaluates a shard of the images and writes its results to files in the output
-folder; rank 0 gathers them from there (one node, or an output folder on a shared file
-system). The processes only exchange small Python objects (the list of images to do, timing
-counts, the final metrics), over a gloo group: with NCCL for the default group, a gloo group
-is created beside it for these CPU objects, as detectron2 does.
+``torchrun --nproc_per_node N -m anzoo eval|train ...`` starts N processes with ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set;
+:func:`init_distributed` joins them into one process group (NCCL between GPUs, gloo on CPUs)
+and pins each process to GPU ``LOCAL_RANK``. Without those variables everything runs in one
+process and every method of :class:`DistContext` is a no-op.
+
+Training all-reduces its gradients (DDP) and logging values over the default group; the
+small Python objects both evaluation and training exchange (images to do, RNG states, the
+final metrics) go over a gloo group: with NCCL for the default group, a gloo group is created
+beside it for these CPU objects, as detectron2 does.
 """
 from __future__ import annotations
 
@@ -19,13 +24,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import AnzooError
+from .errors import AnzooError
 
 __all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "torchrun_command"]
 
 log = logging.getLogger(__name__)
 
-#: how long a process waits for the others (e.g. rank 0 writing and evaluating the results).
+#: how long a process waits for the others by default (e.g. rank 0 scoring the results).
 TIMEOUT = datetime.timedelta(hours=2)
 
 
@@ -36,17 +41,19 @@ def launched_by_torchrun() -> bool:
 
 @dataclass
 class DistContext:
-    """This process's place among the evaluating processes (rank 0 of 1 when alone)."""
+    """This process's place among the cooperating processes (rank 0 of 1 when alone)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    group: Any = None  # the gloo group for object exchange (None: single process)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    group: Any = None  # the gloo group for object exchange (None: the default group)
     owns_default_group: bool = False
     _extra_groups: list[Any] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
+        """The one process that writes logs, checkpoints and the final results."""
         return self.rank == 0
 
     @property
@@ -69,14 +76,22 @@ class DistContext:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Scalar values averaged over the ranks (for logs)."""
+        if not self.distributed or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        t /= self.world_size
+        return dict(zip(keys, t.tolist()))
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier(group=self.group)
 
     def close(self) -> None:
         """Destroy the groups this context created."""
-        if not self.distributed:
-            return
         for group in self._extra_groups:
             dist.destroy_process_group(group)
         self._extra_groups.clear()
@@ -85,12 +100,14 @@ class DistContext:
         self.owns_default_group = False
 
 
-def init_distributed(device_type: str) -> DistContext:
-    """Join the process group torchrun describes in the environment (or an existing one).
+def init_distributed(device: torch.device | str = "cpu", timeout: datetime.timedelta = TIMEOUT) -> DistContext:
+    """Join the process group torchrun describes in the environment (or the one already joined).
 
-    ``device_type``: 'cuda' initialises NCCL (plus a gloo group for objects), 'cpu' gloo.
-    Without torchrun (WORLD_SIZE unset or 1) this is a one-process context.
+    ``device``: the device type wanted; under torchrun a CUDA device becomes ``cuda:LOCAL_RANK``
+    and the group uses NCCL (plus a gloo group for objects), otherwise gloo. Without torchrun
+    (WORLD_SIZE unset or 1) this is a one-process context on ``device``.
     """
+    device = torch.device(device)
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -100,24 +117,24 @@ def init_distributed(device_type: str) -> DistContext:
             raise AnzooError("this PyTorch build has no torch.distributed; run one process")
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"backend": backend, "timeout": TIMEOUT}
-        if device_type == "cuda":
+        kwargs: dict[str, Any] = {"backend": "nccl" if device.type == "cuda" else "gloo", "timeout": timeout}
+        if device.type == "cuda":
             torch.cuda.set_device(local_rank)
             kwargs["device_id"] = torch.device("cuda", local_rank)
         dist.init_process_group(**kwargs)
         owns = True
     else:
-        return DistContext()
+        return DistContext(device=device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
     if world == 1:
-        return DistContext(owns_default_group=owns)
-    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, owns_default_group=owns)
-    if dist.get_backend() == "gloo":
-        ctx.group = None  # the default group
-    else:
-        ctx.group = dist.new_group(backend="gloo", timeout=TIMEOUT)
+        return DistContext(device=device, owns_default_group=owns)
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_default_group=owns)
+    if dist.get_backend() != "gloo":
+        ctx.group = dist.new_group(backend="gloo", timeout=timeout)
         ctx._extra_groups.append(ctx.group)
-    log.debug("rank %d of %d (local rank %d, backend %s)", rank, world, local_rank, dist.get_backend())
+    log.debug("rank %d of %d (local rank %d, backend %s) on %s", rank, world, local_rank, dist.get_backend(),
+              device)
     return ctx
 
 
