@@ -22,6 +22,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from anzoo.data.coco_format import check_coco_dataset
 from anzoo.data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
 from anzoo.data.transforms import (
     SIZE_DIVISOR,
@@ -115,19 +116,18 @@ def category_id_to_label(category_id: int, category_ids: Sequence[int] = COCO_CA
 # --------------------------------------------------------------------------------------------
 # annotation files
 
-_REQUIRED_IMAGE_KEYS = ("id", "file_name")
-_REQUIRED_ANN_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
-
-
-def load_coco_annotations(ann_file: str | os.PathLike) -> COCO:
+def load_coco_annotations(ann_file: str | os.PathLike, *, require_masks: bool = True) -> COCO:
     """Read and check a COCO-format annotation file; return a pycocotools ``COCO`` index.
 
     ``annotations`` may be absent (image-info files such as ``image_info_test-dev2017.json``).
-    pycocotools' progress prints are silenced.
+    pycocotools' progress prints are silenced. Every record is checked first
+    (:func:`anzoo.data.coco_format.check_coco_dataset`): duplicate ids, values of the wrong type,
+    references to unknown images or categories; ``require_masks`` (evaluation) also asks for a
+    usable ``segmentation`` on every annotation, training (False) skips annotations without one.
 
     Raises:
-        DatasetError: the file is missing, is not JSON, or lacks the COCO structure (the
-            message names the file and the first problem found).
+        DatasetError: the file is missing, is not JSON, or is not COCO-format (the message
+            names the file and each bad record: its index, id and field).
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -140,7 +140,7 @@ def load_coco_annotations(ann_file: str | os.PathLike) -> COCO:
         raise DatasetError(f"annotation file {path} is not valid JSON: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"annotation file {path} cannot be read: {exc}") from exc
-    _check_coco_dict(data, path)
+    check_coco_dataset(data, str(path), require_masks=require_masks)
     data.setdefault("annotations", [])
     return coco_from_dict(data)
 
@@ -152,40 +152,6 @@ def coco_from_dict(data: dict[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def _check_coco_dict(data: Any, path: Path) -> None:
-    def fail(problem: str) -> None:
-        raise DatasetError(f"annotation file {path} is not in COCO format: {problem}")
-
-    if not isinstance(data, dict):
-        fail(f"top level is a {type(data).__name__}, expected an object")
-    for key in ("images", "categories"):
-        if key not in data:
-            fail(f"missing the {key!r} list")
-        if not isinstance(data[key], list):
-            fail(f"{key!r} is not a list")
-    if "annotations" in data and not isinstance(data["annotations"], list):
-        fail("'annotations' is not a list")
-    seen_ids: set[int] = set()
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or any(k not in img for k in _REQUIRED_IMAGE_KEYS):
-            fail(f"images[{i}] lacks one of {list(_REQUIRED_IMAGE_KEYS)}")
-        if img["id"] in seen_ids:
-            fail(f"image id {img['id']} appears twice")
-        seen_ids.add(img["id"])
-    cat_ids = set()
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            fail(f"categories[{i}] lacks 'id' or 'name'")
-        cat_ids.add(cat["id"])
-    for i, ann in enumerate(data.get("annotations", [])):
-        if not isinstance(ann, dict) or any(k not in ann for k in _REQUIRED_ANN_KEYS):
-            fail(f"annotations[{i}] lacks one of {list(_REQUIRED_ANN_KEYS)}")
-        if ann["image_id"] not in seen_ids:
-            fail(f"annotations[{i}] refers to unknown image id {ann['image_id']}")
-        if ann["category_id"] not in cat_ids:
-            fail(f"annotations[{i}] refers to unknown category id {ann['category_id']}")
 
 
 def category_ids_of(coco: COCO) -> list[int]:

@@ -134,7 +134,8 @@ class CocoTrainDataset(Dataset):
     def __init__(self, ann_file: str | os.PathLike | COCO, image_dir: str | os.PathLike,
                  scale: Sequence[int] = TEST_SCALE, *, check_files: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.coco = ann_file if isinstance(ann_file, COCO) else load_coco_annotations(ann_file)
+        # annotations without a usable mask are skipped and counted below, not refused
+        self.coco = ann_file if isinstance(ann_file, COCO) else load_coco_annotations(ann_file, require_masks=False)
         self.source = str(ann_file) if not isinstance(ann_file, COCO) else "the annotations"
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
