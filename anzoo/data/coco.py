@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from pycocotools.coco import COCO
@@ -43,6 +43,8 @@ __all__ = [
     "PaddedShapeBatchSampler",
     "build_inference_loader",
     "dataloader_worker_init",
+    "raise_worker_errors_plainly",
+    "split_by_padded_shape",
     "category_ids_of",
     "collate",
     "label_to_category_id",
@@ -51,6 +53,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # (id, name, supercategory) of the 80 COCO 2017 detection categories, ascending id.
 _COCO_TABLE: tuple[tuple[int, str, str], ...] = (
@@ -262,15 +266,18 @@ class CocoImageDataset(Dataset):
             image = load_image(path, max_pixels=self.max_pixels)
         except AnzooError as exc:
             raise DatasetError(f"image {image_id}: {exc}") from exc
-        info = self.image_info(index)
-        expected = (info.get("height"), info.get("width"))
-        if None not in expected and tuple(image.shape[:2]) != expected:
-            logger.warning(
-                "image %s (%s) decodes to %dx%d (h x w) but the annotation file says %dx%d",
-                image_id, path, image.shape[0], image.shape[1], expected[0], expected[1],
-            )
+        # an image of another size than its annotation says is batched by its real padded
+        # shape (split_by_padded_shape); the evaluation counts and reports it (size_mismatch)
         tensor, meta = preprocess_image(image, self.scale)
         return image_id, tensor, meta
+
+    def size_mismatch(self, image_id: int, meta: ImageMeta) -> tuple[int, int] | None:
+        """The annotated (height, width) of an image whose decoded size differs from it, else None."""
+        info = self.coco.imgs[image_id]
+        expected = (info.get("height"), info.get("width"))
+        if None in expected or tuple(meta.orig_size) == (int(expected[0]), int(expected[1])):
+            return None
+        return int(expected[0]), int(expected[1])
 
 
 def collate(
@@ -281,6 +288,27 @@ def collate(
     images = pad_to_batch([item[1] for item in batch], size_divisor)
     metas = [item[2] for item in batch]
     return ids, images, metas
+
+
+def split_by_padded_shape(
+    image_ids: Sequence[int], images: torch.Tensor, metas: Sequence[ImageMeta]
+) -> list[tuple[list[int], torch.Tensor, list[ImageMeta]]]:
+    """A collated batch cut into parts of one padded shape each, cropped to that shape.
+
+    The sampler groups images by the padded shape their *annotated* size predicts. An image
+    whose file has another size (re-encoded, rotated) can land among images of another padded
+    shape and be padded to theirs, which changes its detections (Attentive Normalization's
+    statistics cover the padding; convolutions see it at the border). Its metadata has its real
+    padded shape: cropping the zero-padded batch to it gives exactly the tensor of the image
+    padded alone, so batching never changes results. A batch of one shape is returned as is.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, meta in enumerate(metas):
+        groups.setdefault(tuple(meta.pad_shape), []).append(k)
+    if len(groups) == 1 and next(iter(groups)) == tuple(images.shape[-2:]):
+        return [(list(image_ids), images, list(metas))]
+    return [([image_ids[k] for k in members], images[members, :, :h, :w].contiguous(), [metas[k] for k in members])
+            for (h, w), members in groups.items()]
 
 
 class PaddedShapeBatchSampler(Sampler[list[int]]):
@@ -364,6 +392,21 @@ def dataloader_worker_init(worker_id: int) -> None:
     5.0: the DataLoader then waits forever).
     """
     torch.set_num_threads(1)
+
+
+def raise_worker_errors_plainly(batches: Iterator[T]) -> Iterator[T]:
+    """The batches of a DataLoader iterator; a DatasetError raised in a worker process comes
+    back with the worker's traceback in its message: keep the line a person needs (the last)."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except DatasetError as exc:
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            last = lines[-1] if lines else str(exc)
+            raise DatasetError(last.removeprefix("anzoo.errors.DatasetError: ")) from None
+        yield batch
 
 
 def build_inference_loader(
