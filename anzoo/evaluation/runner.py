@@ -192,14 +192,16 @@ def evaluate(
 def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str],
                    *, scale: Sequence[int] = TEST_SCALE, device: str | torch.device | None = None,
                    max_images: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-                   batch_size: int = 1, workers: int = 2, distributed: bool = False) -> dict[str, float]:
+                   batch_size: int = 1, workers: int = 2, distributed: bool = False,
+                   coco: COCO | None = None) -> dict[str, float]:
     """COCO metrics of a model (e.g. periodic evaluation while training).
 
     Returns ``images`` and ``<bbox|segm>_<metric>`` for the 12 metrics in lower case
     (``bbox_ap``, ``segm_ap50``, ...). ``device`` None: the model's own. The results files go
     to ``out_dir``, or to a temporary folder that is removed. ``distributed``: every process of
     the current process group calls this and evaluates its share of the images (``out_dir``
-    must then be a folder they all see); each gets the metrics.
+    must then be a folder they all see); each gets the metrics. ``coco``: ``ann_file`` already
+    loaded.
     """
     import tempfile
 
@@ -210,7 +212,7 @@ def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], im
     with tempfile.TemporaryDirectory(prefix="anzoo-eval-") if out_dir is None else nullcontext(out_dir) as out:
         result = evaluate(model, ann_file, image_dir, out, limit=max_images, scale=scale, device=device,
                           batch_size=batch_size, workers=workers, progress=False, expected={},
-                          distributed=distributed)
+                          distributed=distributed, coco=coco)
     metrics = {"images": float(result.num_images)}
     for iou_type in IOU_TYPES:
         for name in METRIC_NAMES:
