@@ -224,6 +224,19 @@ def test_strict_data_saves_the_epochs_work_before_stopping(tmp_path):
     assert [r["iter"] for r in _records(work)] == [1, 2]
 
 
+def test_a_bad_evaluation_file_stops_training_before_the_first_step(tmp_path):
+    coco = tmp_path / "coco"
+    make_synthetic_coco(coco, num_images=1, image_size=(96, 128), split="train2017", seed=1)
+    val = make_synthetic_coco(coco, num_images=2, image_size=(96, 128), split="val2017", seed=2)
+    data = json.loads(val.read_text())
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    val.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"instances_val2017.json is not in COCO format: annotation id 1: "
+                                           r"appears 2 times"):
+        train(_small_config(coco, tmp_path / "w", eval_every=1))
+    assert not (tmp_path / "w").exists()  # nothing was trained or written
+
+
 def test_cli_strict_data_option_reaches_the_config(tmp_path, monkeypatch):
     import anzoo.training.engine as engine
 
