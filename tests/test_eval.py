@@ -343,9 +343,16 @@ def test_bad_annotations_stop_the_evaluation_before_any_inference(model, dataset
     data["annotations"][1]["id"] = data["annotations"][0]["id"]  # pycocotools would keep only the second
     bad = tmp_path / "instances.json"
     bad.write_text(json.dumps(data))
-    with Interrupt(model, after=0), pytest.raises(DatasetError, match=r"instances.json .*appears 2 times"):
-        evaluate(model, bad, dataset / "val2017", tmp_path / "out", scale=TINY_SCALE, workers=0, progress=False,
-                 device="cpu")
+    def detect(*args, **kwargs):
+        raise AssertionError("inference ran before the annotation file was checked")
+
+    model.detect = detect
+    try:
+        with pytest.raises(DatasetError, match=r"instances.json .*appears 2 times"):
+            evaluate(model, bad, dataset / "val2017", tmp_path / "out", scale=TINY_SCALE, workers=0,
+                     progress=False, device="cpu")
+    finally:
+        del model.detect
     assert not (tmp_path / "out" / "partial").exists()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,8 +50,6 @@ __all__ = [
     "category_id_to_label",
     "load_coco_annotations",
 ]
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
