@@ -731,6 +731,9 @@ def train_cmd(
         "--tensorboard/--no-tensorboard", help="TensorBoard events (default: when installed).",
         show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    strict_data: Annotated[bool, typer.Option(
+        "--strict-data", help="Stop at a training image that cannot be used (saving latest.pth there) instead "
+                              "of training on the next one and counting it.")] = False,
 ) -> None:
     """Train a zoo model on a COCO-format dataset (one GPU, or many with `torchrun -m anzoo train`)."""
     if backbone_weights is not None and no_pretrained_backbone:
@@ -749,7 +752,7 @@ def train_cmd(
         pretrained_backbone=not no_pretrained_backbone, from_model=from_, num_workers=workers,
         keep_checkpoints=keep_checkpoints,
         warmup_iters=warmup_iters, rpn_proposals=rpn_proposals, rcnn_samples=rcnn_samples,
-        log_every=log_every, progress=progress, tensorboard=tensorboard)
+        log_every=log_every, progress=progress, tensorboard=tensorboard, strict_data=strict_data)
     result = train(config)
     if result.final_model is not None:
         state = "stopped early" if result.stopped_early else "done"

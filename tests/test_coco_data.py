@@ -90,18 +90,17 @@ def test_image_info_file_without_annotations(tmp_path: Path) -> None:
     "content, message",
     [
         ("{not json", "not valid JSON"),
-        ("[1, 2]", "top level is a list"),
+        ("[1, 2]", "the top level is a list"),
         (json.dumps({"categories": []}), "missing the 'images' list"),
-        (json.dumps({"images": [], "categories": {}}), "'categories' is not a list"),
-        (json.dumps({"images": [{"id": 1}], "categories": []}), r"images\[0\] lacks"),
+        (json.dumps({"images": [], "categories": {}}), "'categories' is an object, not a list"),
+        (json.dumps({"images": [{"id": 1}], "categories": []}), r"images\[0\] \(id 1\): lacks 'file_name'"),
         (json.dumps({"images": [{"id": 1, "file_name": "a"}, {"id": 1, "file_name": "b"}],
-                     "categories": []}), "image id 1 appears twice"),
+                     "categories": []}), r"images\[1\] \(id 1\): image id 1 appears twice"),
         (json.dumps({"images": [{"id": 1, "file_name": "a"}], "categories": [{"id": 1, "name": "x"}],
                      "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]}),
-         r"annotations\[0\] lacks"),
+         r"annotations\[0\] \(id 1\): lacks 'area', 'iscrowd', 'segmentation'"),
         (json.dumps({"images": [{"id": 1, "file_name": "a"}], "categories": [{"id": 1, "name": "x"}],
-                     "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1],
-                                      "area": 1, "iscrowd": 0}]}), "unknown image id 2"),
+                     "annotations": {}}), "'annotations' is an object, not a list"),
     ],
 )
 def test_malformed_annotation_files(tmp_path: Path, content: str, message: str) -> None:
@@ -109,6 +108,109 @@ def test_malformed_annotation_files(tmp_path: Path, content: str, message: str) 
     path.write_text(content)
     with pytest.raises(DatasetError, match=f"bad.json.*{message}"):
         load_coco_annotations(path)
+
+
+def _two_objects() -> dict:
+    """A valid file: one 60x80 image with two objects (a polygon and a crowd RLE)."""
+    return {
+        "images": [{"id": 7, "file_name": "a.png", "height": 60, "width": 80}],
+        "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0,
+             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]},
+            {"id": 2, "image_id": 7, "category_id": 2, "bbox": [40, 5, 10, 10], "area": 100, "iscrowd": 1,
+             "segmentation": {"size": [60, 80], "counts": [200, 10, 4590]}},
+        ],
+    }
+
+
+def _set(path: str, value):
+    """An edit of ``_two_objects()``: set ``images.0.height`` etc. (value ``...`` deletes)."""
+    def edit(data: dict) -> None:
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        last = int(last) if last.isdigit() else last
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    # pycocotools keeps the last of two equal ids: box AP 0.252 instead of 1.0 for this file
+    (_set("annotations.1.id", 1), r"annotation id 1: appears 2 times \(annotations\[0\], annotations\[1\]\)"),
+    (_set("images.0.file_name", None), r"images\[0\] \(id 7\): 'file_name' must be a non-empty string, got None"),
+    (_set("images.0.height", 0), r"images\[0\] \(id 7\): 'height' and 'width' must be positive integers, got 0"),
+    (_set("images.0.id", "7"), r"images\[0\] \(id '7'\): 'id' must be an integer"),
+    (lambda d: [d["images"][0].pop(k) for k in ("height", "width")],
+     r"images\[0\] \(id 7\): 'height' and 'width' are missing; the masks of its annotations need them"),
+    (_set("images.0.height", ...), r"'height' and 'width' must be positive integers, got None and 80"),
+    (_set("categories.1.id", "2"), r"categories\[1\] \(id '2'\): 'id' must be an integer"),
+    (_set("categories.1.id", 1), r"categories\[1\] \(id 1\): category id 1 appears twice"),
+    (_set("annotations.0.category_id", "1"), r"annotations\[0\] \(id 1\): 'category_id' must be an integer, got '1'"),
+    (_set("annotations.0.category_id", 3), r"'category_id' must be the id of a category in 'categories', got 3"),
+    (_set("annotations.1.image_id", 8), r"annotations\[1\] \(id 2\): 'image_id' must be the id of an image"),
+    (_set("annotations.0.segmentation", ...), r"annotations\[0\] \(id 1\): lacks 'segmentation'"),
+    (_set("annotations.0.segmentation", []), r"annotations\[0\] \(id 1\): 'segmentation' is an empty list"),
+    (_set("annotations.0.segmentation", [[10, 10, 30, 10]]), r"first polygon has 4 numbers"),
+    (_set("annotations.0.segmentation", [[10, 10, "a", 10, 30, 30]]), r"each a list of finite numbers"),
+    (_set("annotations.0.segmentation", [10, 10, 30, 10, 30, 30]), r"each a list of finite numbers"),
+    (_set("annotations.0.segmentation", "polygon"), r"a list of polygons or an RLE object, got 'polygon'"),
+    (_set("annotations.1.segmentation", {"size": [80, 60], "counts": [4800]}),
+     r"annotations\[1\] \(id 2\): 'segmentation' RLE has size \[80, 60\] but its image is \[60, 80\]"),
+    (_set("annotations.1.segmentation", {"size": [60, 80], "counts": [200, 10]}), r"add up to 210 pixels"),
+    (_set("annotations.1.segmentation", {"counts": "abc"}), r"RLE needs 'size'"),
+    (_set("annotations.0.bbox", [10, 10, 20]), r"annotations\[0\] \(id 1\): 'bbox' must be \[x, y, width, height\]"),
+    (_set("annotations.0.bbox", [10, 10, -1, 5]), r"'bbox' must be .* got \[10, 10, -1, 5\]"),
+    (_set("annotations.0.bbox", [10, 10, None, 5]), r"'bbox' must be"),
+    (_set("annotations.0.area", None), r"'area' must be a finite number >= 0, got None"),
+    (_set("annotations.0.iscrowd", None), r"'iscrowd' must be 0 or 1, got None"),
+    (_set("annotations.0", [1, 2]), r"annotations\[0\]: is a list, not an object"),
+    (_set("annotations.0.id", 1.5), r"annotations\[0\] \(id 1.5\): 'id' must be an integer"),
+], ids=lambda v: "" if callable(v) else None)
+def test_annotation_records_are_checked_before_use(tmp_path: Path, edit, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_two_objects()))
+    assert len(load_coco_annotations(path).anns) == 2  # the file as made is valid
+    data = _two_objects()
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=f"annotation file .*bad.json is not in COCO format: .*{message}"):
+        load_coco_annotations(path)
+
+
+def test_annotation_check_reports_every_problem_at_once(tmp_path: Path) -> None:
+    data = _two_objects()
+    data["annotations"] += [dict(data["annotations"][0], id=10 + k, bbox=[1, 2]) for k in range(7)]
+    data["images"][0]["file_name"] = ""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as info:
+        load_coco_annotations(path)
+    text = str(info.value)
+    assert "\n" not in text and text.count("'bbox' must be") == 4  # 5 problems quoted
+    assert text.startswith(f"annotation file {path} is not in COCO format: images[0] (id 7): 'file_name'")
+    assert text.endswith("(8 problems in all; the first 5 are shown)")
+
+
+def test_training_may_lack_masks_but_not_types(tmp_path: Path) -> None:
+    """Training skips annotations without a usable mask (and counts them); wrong types still fail."""
+    data = _two_objects()
+    data["annotations"][0]["segmentation"] = []
+    del data["annotations"][1]["segmentation"]
+    data["annotations"].append(dict(data["annotations"][0], id=3, segmentation=[[1, 2, 3, 4]]))
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(data))
+    assert len(load_coco_annotations(path, require_masks=False).anns) == 3
+    with pytest.raises(DatasetError, match="lacks 'segmentation'"):
+        load_coco_annotations(path)
+    data["annotations"][2]["bbox"] = [1, 2, 3]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"annotations\[2\] \(id 3\): 'bbox' must be"):
+        load_coco_annotations(path, require_masks=False)
 
 
 def test_missing_annotation_file(tmp_path: Path) -> None:

@@ -305,6 +305,57 @@ def test_resume_refuses_results_of_other_settings(model, dataset: Path, tmp_path
     assert result.images_this_run == 1
 
 
+def test_resume_refuses_results_of_another_device_or_mask_paste(model, dataset: Path, tmp_path: Path) -> None:
+    with Interrupt(model, after=1), pytest.raises(KeyboardInterrupt):
+        run(model, dataset, tmp_path)  # on the CPU 'auto' pastes masks the legacy way
+    run_file = tmp_path / "partial" / "run.json"
+    made_with = read_json(run_file)
+    assert (made_with["device"], made_with["mask_paste"], made_with["channels_last"]) == ("cpu", "legacy", False)
+    with pytest.raises(AnzooError, match=r"other settings \(mask_paste differ\)"):
+        run(model, dataset, tmp_path, resume=True, mask_paste="fast")
+    run_file.write_text(json.dumps({**made_with, "device": "cuda (NVIDIA H200)"}))  # as a GPU run writes it
+    with pytest.raises(AnzooError, match=r"other settings \(device differ\)"):
+        run(model, dataset, tmp_path, resume=True)
+    assert len(ResultStore(tmp_path).index()) == 1  # nothing was removed
+
+
+def test_batching_never_changes_results_when_a_file_is_not_its_annotated_size(model, tmp_path: Path) -> None:
+    """The sampler batches by annotated sizes; a file of another size is detected at its own
+    padded shape all the same, and is reported."""
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    make_synthetic_coco(root, num_images=4, image_size=(160, 224), seed=3, image_format="png")
+    path = root / "val2017" / "000000000103.png"  # cropped to 100x224: another padded shape at TINY_SCALE
+    Image.open(path).crop((0, 0, 224, 100)).save(path)
+    one = run(model, root, tmp_path / "one", batch_size=1)
+    two = run(model, root, tmp_path / "two", batch_size=2)  # 103 shares a batch with 100 by its annotation
+    segm = read_json(tmp_path / "one" / "results.segm.json")
+    assert any(r["image_id"] == 103 for r in segm)
+    assert segm == read_json(tmp_path / "two" / "results.segm.json")
+    assert one.metrics == two.metrics
+    assert one.size_mismatches == two.size_mismatches == [103]
+    assert read_json(tmp_path / "two" / "metrics.json")["size_mismatches"] == [103]
+
+
+def test_bad_annotations_stop_the_evaluation_before_any_inference(model, dataset: Path, tmp_path: Path) -> None:
+    data = read_json(ann_file(dataset))
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]  # pycocotools would keep only the second
+    bad = tmp_path / "instances.json"
+    bad.write_text(json.dumps(data))
+    def detect(*args, **kwargs):
+        raise AssertionError("inference ran before the annotation file was checked")
+
+    model.detect = detect
+    try:
+        with pytest.raises(DatasetError, match=r"instances.json .*appears 2 times"):
+            evaluate(model, bad, dataset / "val2017", tmp_path / "out", scale=TINY_SCALE, workers=0,
+                     progress=False, device="cpu")
+    finally:
+        del model.detect
+    assert not (tmp_path / "out" / "partial").exists()
+
+
 def test_dataset_errors_name_what_is_missing(tmp_path: Path, dataset: Path) -> None:
     with pytest.raises(DatasetError, match=r"COCO folder .*nowhere does not exist"):
         resolve_coco_files(tmp_path / "nowhere")
@@ -361,8 +412,8 @@ def test_cli_eval_end_to_end(dataset: Path, checkpoint: Path, tmp_path: Path,
     assert (out / "results.bbox.json").is_file() and (out / "results.segm.json").is_file()
 
 
-@pytest.mark.parametrize("case", ["no-folder", "no-ann", "bad-ann", "no-images", "no-data-option", "no-weights",
-                                  "unknown-model"])
+@pytest.mark.parametrize("case", ["no-folder", "no-ann", "bad-ann", "bad-record", "no-images", "no-data-option",
+                                  "no-weights", "unknown-model"])
 def test_cli_eval_errors(case: str, dataset: Path, tmp_path: Path) -> None:
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
@@ -376,6 +427,11 @@ def test_cli_eval_errors(case: str, dataset: Path, tmp_path: Path) -> None:
     elif case == "bad-ann":
         (root / "annotations" / "instances_val2017.json").write_text('{"images": []}')
         expected = "not in COCO format: missing the 'categories' list"
+    elif case == "bad-record":
+        data = read_json(ann_file(dataset))
+        data["images"][2]["height"] = 0
+        (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+        expected = "images[2] (id 106): 'height' and 'width' must be positive integers, got 0 and 224"
     elif case == "no-images":
         args = ["eval", "r50-bn", "--ann", str(ann_file(dataset)), "--images", str(tmp_path / "imgs")]
         expected = "image folder"

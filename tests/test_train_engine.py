@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from anzoo.checkpoint import read_checkpoint
 from anzoo.cli import app
 from anzoo.data.synthetic import make_synthetic_coco
-from anzoo.errors import AnzooError, CheckpointError
+from anzoo.errors import AnzooError, CheckpointError, DatasetError
 from anzoo.factory import create_model, save_model
 from anzoo.training.engine import (
     FINAL_MODEL,
@@ -178,6 +178,76 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in straight.history] == [r["loss"] for r in first.history + resumed.history]
     # metrics.jsonl of the resumed run continues the interrupted one
     assert [r["iter"] for r in _records(tmp_path / "b")] == [1, 2, 3]
+
+
+def _break_second_image(tmp_path: Path) -> tuple[Path, Path, bytes, int]:
+    """2 training images of one aspect group; the one the first epoch reaches second (batch 1 of 2
+    at batch size 1) is cut short after the dataset was checked. Returns (coco, its path, its
+    bytes, its id)."""
+    from anzoo.training.data import CocoTrainDataset, GroupedBatchSampler
+
+    coco = tmp_path / "coco"
+    make_synthetic_coco(coco, num_images=2, image_size=(96, 128), split="train2017", seed=1)
+    dataset = CocoTrainDataset(coco / "annotations" / "instances_train2017.json", coco / "train2017")
+    second = GroupedBatchSampler(dataset.flags, 1, seed=0).epoch_batches(0)[1][0][0]
+    path = dataset.image_path(second)
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 3])  # a truncated JPEG
+    return coco, path, original, dataset.image_ids[second]
+
+
+def test_an_image_that_breaks_mid_epoch_is_skipped_and_counted(tmp_path):
+    coco, path, _, image_id = _break_second_image(tmp_path)
+    result = train(_small_config(coco, tmp_path / "w", epochs=1))
+    assert result.iterations == 2 and result.epochs_completed == 1 and not result.stopped_early
+    (skip,) = result.skipped_images
+    assert (skip["image_id"], skip["file"], skip["iter"], skip["epoch"]) == (image_id, str(path), 2, 1)
+    assert f"image {image_id}" in skip["problem"] and skip["replaced_by"] != image_id
+    records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records] == ["train", "skipped", "train"]
+    assert records[1] == skip
+    assert [r["skipped_images"] for r in records if r["type"] == "train"] == [0, 1]
+    assert read_checkpoint(tmp_path / "w" / "latest.pth")["training"]["skipped_images"] == 1
+
+
+def test_strict_data_saves_the_epochs_work_before_stopping(tmp_path):
+    coco, path, original, image_id = _break_second_image(tmp_path)
+    work = tmp_path / "w"
+    with pytest.raises(DatasetError, match=f"image {image_id}: .*--strict-data: stopped before iteration 2 "
+                                           f"and saved {work / 'latest.pth'}"):
+        train(_small_config(coco, work, epochs=1, strict_data=True))
+    state = read_checkpoint(work / "latest.pth")["training"]
+    assert (state["epoch"], state["batch"], state["iteration"]) == (0, 1, 1)
+    path.write_bytes(original)  # the file is mended; the run continues at the batch that failed
+    resumed = train(_small_config(coco, work, epochs=1, strict_data=True, resume=True))
+    assert resumed.iterations == 2 and resumed.epochs_completed == 1 and resumed.skipped_images == []
+    assert [r["iter"] for r in _records(work)] == [1, 2]
+
+
+def test_a_bad_evaluation_file_stops_training_before_the_first_step(tmp_path):
+    coco = tmp_path / "coco"
+    make_synthetic_coco(coco, num_images=1, image_size=(96, 128), split="train2017", seed=1)
+    val = make_synthetic_coco(coco, num_images=2, image_size=(96, 128), split="val2017", seed=2)
+    data = json.loads(val.read_text())
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    val.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"instances_val2017.json is not in COCO format: annotation id 1: "
+                                           r"appears 2 times"):
+        train(_small_config(coco, tmp_path / "w", eval_every=1))
+    assert not (tmp_path / "w").exists()  # nothing was trained or written
+
+
+def test_cli_strict_data_option_reaches_the_config(tmp_path, monkeypatch):
+    import anzoo.training.engine as engine
+
+    seen = []
+    monkeypatch.setattr(engine, "train", lambda config: seen.append(config) or engine.TrainResult(
+        tmp_path, None, None, 0, 0, 1, True))
+    for extra, strict in (([], False), (["--strict-data"], True)):
+        result = CliRunner().invoke(app, ["train", "r50-bn", "--coco", str(tmp_path), "--work-dir",
+                                          str(tmp_path / "w"), *extra])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].strict_data is strict
 
 
 def test_keep_checkpoints_and_latest_is_a_link(tmp_path):

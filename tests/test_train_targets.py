@@ -295,8 +295,8 @@ def test_dataset_skips_bad_annotations_with_counts(tmp_path):
     k = len(item["labels"])
     assert item["boxes"].shape == (k, 4) and item["masks"].shape == (k, 64, 80)
     assert item["masks"].dtype == torch.uint8 and item["labels"].max() < len(ds.class_names)
-    images, metas, _, ids = train_collate([ds[0], ds[(1, True)]])
-    assert images.shape == (2, 3, 64, 96) and metas[1].flipped and ids == ds.image_ids[:2]
+    images, metas, _, ids, skipped = train_collate([ds[0], ds[(1, True)]])
+    assert images.shape == (2, 3, 64, 96) and metas[1].flipped and ids == ds.image_ids[:2] and skipped == []
 
 
 def test_dataset_boxes_and_masks_agree_after_flip(tmp_path):
@@ -332,3 +332,33 @@ def test_dataset_with_nothing_usable_is_refused(tmp_path):
     _edit_annotations(ann_file, degenerate)
     with pytest.raises(DatasetError, match="no usable training image.*degenerate box"):
         CocoTrainDataset(ann_file, tmp_path / "train2017")
+
+
+def test_an_image_that_cannot_be_used_is_replaced_and_reported(tmp_path):
+    """Deleted, damaged or resized after the run started: the next image of its aspect group
+    takes its place, and the item says which image was passed over and why."""
+    from PIL import Image
+
+    ann_file = make_synthetic_coco(tmp_path, num_images=4, image_size=(64, 80), split="train2017", seed=2,
+                                   image_format="png")
+    ds = CocoTrainDataset(ann_file, tmp_path / "train2017", scale=(80, 64))
+    ids = ds.image_ids
+    assert len(ds) == 4 and set(ds.flags.tolist()) == {1}  # one aspect group
+    assert ds[(1, False)]["skipped"] == []
+    ds.image_path(1).unlink()
+    item = ds[(1, True)]
+    assert item["image_id"] == ids[2] and item["meta"].flipped
+    assert [(s["image_id"], s["replaced_by"]) for s in item["skipped"]] == [(ids[1], ids[2])]
+    assert "no such file" in item["skipped"][0]["problem"] and item["skipped"][0]["file"] == str(ds.image_path(1))
+    ds.image_path(2).write_bytes(b"garbage")
+    Image.open(ds.image_path(3)).crop((0, 0, 80, 48)).save(ds.image_path(3))
+    item = ds[1]
+    assert item["image_id"] == ids[0]  # the group is taken cyclically
+    problems = [s["problem"] for s in item["skipped"]]
+    assert [s["image_id"] for s in item["skipped"]] == ids[1:]
+    assert f"image {ids[2]}" in problems[1] and "not an image" in problems[1]
+    assert f"image {ids[3]}" in problems[2] and "decodes to 48x80 (h x w) but the annotation file says 64x80" in problems[2]
+    assert train_collate([item, ds[0]]).skipped == item["skipped"]
+    ds.image_path(0).unlink()
+    with pytest.raises(DatasetError, match=f"4 training images in a row cannot be used, the first: image {ids[1]}"):
+        ds[1]

@@ -12,16 +12,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from anzoo.data.coco_format import check_coco_dataset
 from anzoo.data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
 from anzoo.data.transforms import (
     SIZE_DIVISOR,
@@ -42,6 +42,8 @@ __all__ = [
     "PaddedShapeBatchSampler",
     "build_inference_loader",
     "dataloader_worker_init",
+    "raise_worker_errors_plainly",
+    "split_by_padded_shape",
     "category_ids_of",
     "collate",
     "label_to_category_id",
@@ -49,7 +51,7 @@ __all__ = [
     "load_coco_annotations",
 ]
 
-logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # (id, name, supercategory) of the 80 COCO 2017 detection categories, ascending id.
 _COCO_TABLE: tuple[tuple[int, str, str], ...] = (
@@ -115,19 +117,18 @@ def category_id_to_label(category_id: int, category_ids: Sequence[int] = COCO_CA
 # --------------------------------------------------------------------------------------------
 # annotation files
 
-_REQUIRED_IMAGE_KEYS = ("id", "file_name")
-_REQUIRED_ANN_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
-
-
-def load_coco_annotations(ann_file: str | os.PathLike) -> COCO:
+def load_coco_annotations(ann_file: str | os.PathLike, *, require_masks: bool = True) -> COCO:
     """Read and check a COCO-format annotation file; return a pycocotools ``COCO`` index.
 
     ``annotations`` may be absent (image-info files such as ``image_info_test-dev2017.json``).
-    pycocotools' progress prints are silenced.
+    pycocotools' progress prints are silenced. Every record is checked first
+    (:func:`anzoo.data.coco_format.check_coco_dataset`): duplicate ids, values of the wrong type,
+    references to unknown images or categories; ``require_masks`` (evaluation) also asks for a
+    usable ``segmentation`` on every annotation, training (False) skips annotations without one.
 
     Raises:
-        DatasetError: the file is missing, is not JSON, or lacks the COCO structure (the
-            message names the file and the first problem found).
+        DatasetError: the file is missing, is not JSON, or is not COCO-format (the message
+            names the file and each bad record: its index, id and field).
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -140,7 +141,7 @@ def load_coco_annotations(ann_file: str | os.PathLike) -> COCO:
         raise DatasetError(f"annotation file {path} is not valid JSON: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"annotation file {path} cannot be read: {exc}") from exc
-    _check_coco_dict(data, path)
+    check_coco_dataset(data, str(path), require_masks=require_masks)
     data.setdefault("annotations", [])
     return coco_from_dict(data)
 
@@ -152,40 +153,6 @@ def coco_from_dict(data: dict[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def _check_coco_dict(data: Any, path: Path) -> None:
-    def fail(problem: str) -> None:
-        raise DatasetError(f"annotation file {path} is not in COCO format: {problem}")
-
-    if not isinstance(data, dict):
-        fail(f"top level is a {type(data).__name__}, expected an object")
-    for key in ("images", "categories"):
-        if key not in data:
-            fail(f"missing the {key!r} list")
-        if not isinstance(data[key], list):
-            fail(f"{key!r} is not a list")
-    if "annotations" in data and not isinstance(data["annotations"], list):
-        fail("'annotations' is not a list")
-    seen_ids: set[int] = set()
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or any(k not in img for k in _REQUIRED_IMAGE_KEYS):
-            fail(f"images[{i}] lacks one of {list(_REQUIRED_IMAGE_KEYS)}")
-        if img["id"] in seen_ids:
-            fail(f"image id {img['id']} appears twice")
-        seen_ids.add(img["id"])
-    cat_ids = set()
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            fail(f"categories[{i}] lacks 'id' or 'name'")
-        cat_ids.add(cat["id"])
-    for i, ann in enumerate(data.get("annotations", [])):
-        if not isinstance(ann, dict) or any(k not in ann for k in _REQUIRED_ANN_KEYS):
-            fail(f"annotations[{i}] lacks one of {list(_REQUIRED_ANN_KEYS)}")
-        if ann["image_id"] not in seen_ids:
-            fail(f"annotations[{i}] refers to unknown image id {ann['image_id']}")
-        if ann["category_id"] not in cat_ids:
-            fail(f"annotations[{i}] refers to unknown category id {ann['category_id']}")
 
 
 def category_ids_of(coco: COCO) -> list[int]:
@@ -296,15 +263,18 @@ class CocoImageDataset(Dataset):
             image = load_image(path, max_pixels=self.max_pixels)
         except AnzooError as exc:
             raise DatasetError(f"image {image_id}: {exc}") from exc
-        info = self.image_info(index)
-        expected = (info.get("height"), info.get("width"))
-        if None not in expected and tuple(image.shape[:2]) != expected:
-            logger.warning(
-                "image %s (%s) decodes to %dx%d (h x w) but the annotation file says %dx%d",
-                image_id, path, image.shape[0], image.shape[1], expected[0], expected[1],
-            )
+        # an image of another size than its annotation says is batched by its real padded
+        # shape (split_by_padded_shape); the evaluation counts and reports it (size_mismatch)
         tensor, meta = preprocess_image(image, self.scale)
         return image_id, tensor, meta
+
+    def size_mismatch(self, image_id: int, meta: ImageMeta) -> tuple[int, int] | None:
+        """The annotated (height, width) of an image whose decoded size differs from it, else None."""
+        info = self.coco.imgs[image_id]
+        expected = (info.get("height"), info.get("width"))
+        if None in expected or tuple(meta.orig_size) == (int(expected[0]), int(expected[1])):
+            return None
+        return int(expected[0]), int(expected[1])
 
 
 def collate(
@@ -315,6 +285,27 @@ def collate(
     images = pad_to_batch([item[1] for item in batch], size_divisor)
     metas = [item[2] for item in batch]
     return ids, images, metas
+
+
+def split_by_padded_shape(
+    image_ids: Sequence[int], images: torch.Tensor, metas: Sequence[ImageMeta]
+) -> list[tuple[list[int], torch.Tensor, list[ImageMeta]]]:
+    """A collated batch cut into parts of one padded shape each, cropped to that shape.
+
+    The sampler groups images by the padded shape their *annotated* size predicts. An image
+    whose file has another size (re-encoded, rotated) can land among images of another padded
+    shape and be padded to theirs, which changes its detections (Attentive Normalization's
+    statistics cover the padding; convolutions see it at the border). Its metadata has its real
+    padded shape: cropping the zero-padded batch to it gives exactly the tensor of the image
+    padded alone, so batching never changes results. A batch of one shape is returned as is.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, meta in enumerate(metas):
+        groups.setdefault(tuple(meta.pad_shape), []).append(k)
+    if len(groups) == 1 and next(iter(groups)) == tuple(images.shape[-2:]):
+        return [(list(image_ids), images, list(metas))]
+    return [([image_ids[k] for k in members], images[members, :, :h, :w].contiguous(), [metas[k] for k in members])
+            for (h, w), members in groups.items()]
 
 
 class PaddedShapeBatchSampler(Sampler[list[int]]):
@@ -398,6 +389,21 @@ def dataloader_worker_init(worker_id: int) -> None:
     5.0: the DataLoader then waits forever).
     """
     torch.set_num_threads(1)
+
+
+def raise_worker_errors_plainly(batches: Iterator[T]) -> Iterator[T]:
+    """The batches of a DataLoader iterator; a DatasetError raised in a worker process comes
+    back with the worker's traceback in its message: keep the line a person needs (the last)."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except DatasetError as exc:
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            last = lines[-1] if lines else str(exc)
+            raise DatasetError(last.removeprefix("anzoo.errors.DatasetError: ")) from None
+        yield batch
 
 
 def build_inference_loader(

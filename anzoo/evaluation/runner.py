@@ -32,11 +32,17 @@ import torch
 from pycocotools.coco import COCO
 
 from .. import __version__
-from ..data.coco import CocoImageDataset, build_inference_loader, load_coco_annotations
+from ..data.coco import (
+    CocoImageDataset,
+    build_inference_loader,
+    load_coco_annotations,
+    raise_worker_errors_plainly,
+    split_by_padded_shape,
+)
 from ..data.results import encode_masks_rle_torch, instances_to_coco
 from ..data.transforms import TEST_SCALE
 from ..distributed import DistContext, init_distributed
-from ..errors import AnzooError, DatasetError
+from ..errors import AnzooError
 from ..factory import resolve_device
 from ..fileio import atomic_write_json
 from ..inference import Predictor
@@ -52,6 +58,9 @@ __all__ = ["EvalResult", "evaluate", "evaluate_model"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: size mismatches warned about one by one (all are listed in metrics.json)
+MISMATCH_WARNINGS = 5
 
 
 @dataclass
@@ -81,6 +90,8 @@ class EvalResult:
     weights: str | None = None
     weights_sha256: str | None = None
     num_detections: int = 0
+    # ids of this run's images whose file is not the size the annotation file gives
+    size_mismatches: list[int] = field(default_factory=list)
     summaries: dict[str, str] = field(default_factory=dict)  # COCOeval's printed tables
     anzoo_version: str = __version__
 
@@ -181,14 +192,16 @@ def evaluate(
 def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str],
                    *, scale: Sequence[int] = TEST_SCALE, device: str | torch.device | None = None,
                    max_images: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-                   batch_size: int = 1, workers: int = 2, distributed: bool = False) -> dict[str, float]:
+                   batch_size: int = 1, workers: int = 2, distributed: bool = False,
+                   coco: COCO | None = None) -> dict[str, float]:
     """COCO metrics of a model (e.g. periodic evaluation while training).
 
     Returns ``images`` and ``<bbox|segm>_<metric>`` for the 12 metrics in lower case
     (``bbox_ap``, ``segm_ap50``, ...). ``device`` None: the model's own. The results files go
     to ``out_dir``, or to a temporary folder that is removed. ``distributed``: every process of
     the current process group calls this and evaluates its share of the images (``out_dir``
-    must then be a folder they all see); each gets the metrics.
+    must then be a folder they all see); each gets the metrics. ``coco``: ``ann_file`` already
+    loaded.
     """
     import tempfile
 
@@ -199,7 +212,7 @@ def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], im
     with tempfile.TemporaryDirectory(prefix="anzoo-eval-") if out_dir is None else nullcontext(out_dir) as out:
         result = evaluate(model, ann_file, image_dir, out, limit=max_images, scale=scale, device=device,
                           batch_size=batch_size, workers=workers, progress=False, expected={},
-                          distributed=distributed)
+                          distributed=distributed, coco=coco)
     metrics = {"images": float(result.num_images)}
     for iou_type in IOU_TYPES:
         for name in METRIC_NAMES:
@@ -265,43 +278,50 @@ class _Evaluation:
             log.info("%d of %d images already evaluated; %d to go", len(target_ids) - len(todo),
                      len(target_ids), len(todo))
 
-        count, seconds = self._infer(dataset, todo, run_token)
-        stats = self.ctx.all_gather((count, seconds))
-        images_this_run = sum(c for c, _ in stats)
-        inference_time = max(s for _, s in stats)
+        count, seconds, mismatched = self._infer(dataset, todo, run_token)
+        stats = self.ctx.all_gather((count, seconds, mismatched))
+        images_this_run = sum(c for c, _, _ in stats)
+        inference_time = max(s for _, s, _ in stats)
+        size_mismatches = sorted(i for _, _, ids in stats for i in ids)
 
         def finish() -> dict[str, Any]:
-            result = self._finish(coco, target_ids, all_ids, partial, images_this_run, inference_time)
+            result = self._finish(coco, target_ids, all_ids, partial, images_this_run, inference_time,
+                                  size_mismatches)
             return result.to_json()
 
         return EvalResult.from_json(self._on_main(finish))
 
-    def _infer(self, dataset: CocoImageDataset, todo: list[int], run_token: str) -> tuple[int, float]:
-        """Detect, paste and write this process's shard; (images done, seconds)."""
+    def _infer(self, dataset: CocoImageDataset, todo: list[int], run_token: str) -> tuple[int, float, list[int]]:
+        """Detect, paste and write this process's shard; (images done, seconds, ids of the images
+        whose size is not the annotated one)."""
         cuda = self.device.type == "cuda"
         loader = build_inference_loader(dataset, self.batch_size, self.workers, rank=self.ctx.rank,
                                         world_size=self.ctx.world_size, indices=todo, pin_memory=cuda)
         total = loader.batch_sampler.num_images  # type: ignore[union-attr]
         if total == 0:
-            return 0, 0.0
+            return 0, 0.0, []
         threads = self.post_threads or max(1, min(8, (os.cpu_count() or 2) // (2 * self.ctx.world_size)))
         max_in_flight = 2 * threads + 1
         writer = self.store.writer(run_token, self.ctx.rank)
         start = time.perf_counter()
         done = 0
+        mismatched: list[int] = []
         batches = iter(loader)  # DataLoader workers fork here, before any thread below exists
         pool = ThreadPoolExecutor(threads, thread_name_prefix="anzoo-eval-post")
         in_flight: collections.deque[Future[int]] = collections.deque()
         local = threading.local()
         try:
             with _progress_bar(self.progress and self.ctx.is_main, total, self._label()) as advance:
-                for image_ids, images, metas in _reraise_worker_errors(batches):
-                    dets = self.predictor.detect_batch(images, metas)
-                    ready = None
-                    if cuda:
-                        ready = torch.cuda.Event()
-                        ready.record(torch.cuda.current_stream(self.device))
-                    in_flight.append(pool.submit(self._post_batch, image_ids, dets, ready, writer, local))
+                for batch in raise_worker_errors_plainly(batches):
+                    self._note_size_mismatches(dataset, batch[0], batch[2], mismatched)
+                    # the sampler batched by annotated sizes: detect each real padded shape apart
+                    for image_ids, images, metas in split_by_padded_shape(*batch):
+                        dets = self.predictor.detect_batch(images, metas)
+                        ready = None
+                        if cuda:
+                            ready = torch.cuda.Event()
+                            ready.record(torch.cuda.current_stream(self.device))
+                        in_flight.append(pool.submit(self._post_batch, image_ids, dets, ready, writer, local))
                     while in_flight and (in_flight[0].done() or len(in_flight) > max_in_flight):
                         n = in_flight.popleft().result()
                         done += n
@@ -318,7 +338,22 @@ class _Evaluation:
         seconds = time.perf_counter() - start
         log.info("%s%d images in %.1f s (%.2f images/s)", self._rank_prefix(), done, seconds,
                  done / seconds if seconds > 0 else 0.0)
-        return done, seconds
+        return done, seconds, mismatched
+
+    def _note_size_mismatches(self, dataset: CocoImageDataset, image_ids: Sequence[int],
+                              metas: Sequence[Any], mismatched: list[int]) -> None:
+        """Warn (the first few) and count images whose file is not the annotated size: their
+        detections are right for the file, but COCOeval scores their masks against ground truth
+        of the annotated size."""
+        for image_id, meta in zip(image_ids, metas):
+            expected = dataset.size_mismatch(image_id, meta)
+            if expected is None:
+                continue
+            mismatched.append(int(image_id))
+            if len(mismatched) <= MISMATCH_WARNINGS:
+                log.warning("%simage %s is %dx%d (h x w) but the annotation file says %dx%d: its masks are "
+                            "scored against ground truth of the annotated size", self._rank_prefix(), image_id,
+                            meta.orig_size[0], meta.orig_size[1], expected[0], expected[1])
 
     def _post_batch(self, image_ids: Sequence[int], dets: Sequence[Detections], ready: Any,
                     writer: Any, local: threading.local) -> int:
@@ -349,8 +384,13 @@ class _Evaluation:
         return instances_to_coco(inst, image_id, cat_ids, legacy_box=self.legacy_box, rles=rles)
 
     def _finish(self, coco: Any, target_ids: list[int], all_ids: list[int], partial: bool,
-                images_this_run: int, inference_time: float) -> EvalResult:
+                images_this_run: int, inference_time: float, size_mismatches: list[int]) -> EvalResult:
         """Rank 0: results files, COCOeval, metrics.json; the partial files go."""
+        if size_mismatches:
+            log.warning("%d images are not the size the annotation file gives (ids %s%s): listed in "
+                        "metrics.json (size_mismatches)", len(size_mismatches),
+                        ", ".join(map(str, size_mismatches[:MISMATCH_WARNINGS])),
+                        ", ..." if len(size_mismatches) > MISMATCH_WARNINGS else "")
         num_records = self.store.write_results(target_ids)
         log.info("wrote %d detections of %d images to %s and %s", num_records, len(target_ids),
                  self.store.bbox_file, self.store.segm_file)
@@ -370,7 +410,7 @@ class _Evaluation:
             world_size=self.ctx.world_size, scale=self.scale, ann_file=str(self.ann_file),
             image_dir=str(self.image_dir), out_dir=str(self.store.out_dir),
             weights=None if self.weights is None else str(self.weights), weights_sha256=self.weights_sha256,
-            num_detections=num_records, summaries=summaries,
+            num_detections=num_records, size_mismatches=size_mismatches, summaries=summaries,
         )
         atomic_write_json(self.store.metrics_file, result.to_json())
         self.store.remove_partial()
@@ -399,10 +439,15 @@ class _Evaluation:
         return payload[1]
 
     def _fingerprint(self) -> dict[str, Any]:
+        """What the results depend on; --resume refuses partial results made otherwise. The
+        device (its kind and GPU model: other kernels give slightly other numbers), the mask
+        paste and the memory format count too; batch size and process count do not (batches
+        hold one padded shape)."""
         return {"model_id": self.model_id, "weights_sha256": self.weights_sha256,
                 "num_classes": self.model.num_classes, "ann_file": str(self.ann_file.resolve()),
                 "image_dir": str(self.image_dir.resolve()), "scale": list(self.scale),
-                "legacy_box": self.legacy_box, "fp16": self.fp16}
+                "legacy_box": self.legacy_box, "fp16": self.fp16, "device": _device_kind(self.device),
+                "mask_paste": self.predictor.mask_paste, "channels_last": self.channels_last}
 
     def _expected(self, coco: Any) -> dict[str, float | None]:
         if self.expected is not None:
@@ -440,20 +485,9 @@ def _keep_labels(det: Detections, category_ids: Sequence[int | None]) -> Detecti
                       None if det.mask_boxes is None else det.mask_boxes[keep])
 
 
-def _reraise_worker_errors(batches: Any) -> Any:
-    """A DatasetError raised in a DataLoader worker comes back with the worker's traceback in
-    its message; keep the message a person needs (its last line)."""
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except DatasetError as exc:
-            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-            last = lines[-1] if lines else str(exc)
-            prefix = "anzoo.errors.DatasetError: "
-            raise DatasetError(last.removeprefix(prefix)) from None
-        yield batch
+def _device_kind(device: torch.device) -> str:
+    """'cpu', or 'cuda (GPU model)' (not its index: ranks and resumed runs may use another one)."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def _device_name(device: torch.device) -> str:

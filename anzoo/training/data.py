@@ -13,6 +13,11 @@ As mmdetection v1's ``CocoDataset`` in training mode:
 Unlike mmdet, bad annotations do not crash a run: annotations with a degenerate box or an
 empty polygon are skipped and counted (:attr:`CocoTrainDataset.stats`). A dataset without
 any mask is refused with a :class:`~anzoo.errors.DatasetError`: Mask R-CNN needs masks.
+Nor does an image that cannot be used when its turn comes (deleted or damaged after the run
+started, or not the size its annotation gives): the next usable image of its aspect group
+takes its place, and the item says which image was skipped and why (``skipped``) for the
+training loop to warn and count. Batches keep their size, so every process still takes the
+same number of steps.
 
 All randomness of the data (shuffling, padding of the groups, the 0.5 flips) is drawn in the
 batch sampler from a generator seeded with (seed, epoch): an epoch's batches are a pure
@@ -27,7 +32,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,12 +56,16 @@ from ..data.transforms import (
 )
 from ..errors import AnzooError, DatasetError
 
-__all__ = ["CocoTrainDataset", "DatasetStats", "GroupedBatchSampler", "build_train_loader", "train_collate"]
+__all__ = ["CocoTrainDataset", "DatasetStats", "GroupedBatchSampler", "TrainBatch", "build_train_loader",
+           "train_collate"]
 
 log = logging.getLogger(__name__)
 
 #: mmdetection v1 leaves out training images with a side shorter than this.
 MIN_IMAGE_SIZE = 32
+#: images tried for one item (itself, then the next of its aspect group) before the item fails:
+#: more unusable images in a row means the folder is gone, not a file
+MAX_TRIES = 8
 
 
 @dataclass
@@ -134,7 +143,8 @@ class CocoTrainDataset(Dataset):
     def __init__(self, ann_file: str | os.PathLike | COCO, image_dir: str | os.PathLike,
                  scale: Sequence[int] = TEST_SCALE, *, check_files: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.coco = ann_file if isinstance(ann_file, COCO) else load_coco_annotations(ann_file)
+        # annotations without a usable mask are skipped and counted below, not refused
+        self.coco = ann_file if isinstance(ann_file, COCO) else load_coco_annotations(ann_file, require_masks=False)
         self.source = str(ann_file) if not isinstance(ann_file, COCO) else "the annotations"
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
@@ -267,7 +277,35 @@ class CocoTrainDataset(Dataset):
         return masks
 
     def __getitem__(self, item: int | tuple[int, bool]) -> dict[str, Any]:
+        """The transformed image ``index`` (flipped or not); when it cannot be used, the next
+        usable image of its aspect group, with ``skipped``: the images passed over (``image_id``,
+        ``file``, ``problem``, ``replaced_by``). DatasetError after :data:`MAX_TRIES` in a row."""
         index, flip = (item, False) if isinstance(item, (int, np.integer)) else (int(item[0]), bool(item[1]))
+        skipped: list[dict[str, Any]] = []
+        for candidate in self._candidates(index):
+            try:
+                out = self.load(candidate, flip)
+            except DatasetError as exc:
+                skipped.append({"image_id": self.image_ids[candidate], "file": str(self.image_path(candidate)),
+                                "problem": str(exc)})
+                continue
+            out["skipped"] = [dict(s, replaced_by=out["image_id"]) for s in skipped]
+            return out
+        raise DatasetError(f"{len(skipped)} training images in a row cannot be used, the first: "
+                           f"{skipped[0]['problem']}; is {self.image_dir} still readable?")
+
+    def _candidates(self, index: int) -> Iterator[int]:
+        """``index``, then the images after it in its aspect group, cyclically (a function of the
+        index alone: a resumed run makes the same replacements)."""
+        yield index
+        group = np.flatnonzero(self.flags == self.flags[index])
+        start = int(np.searchsorted(group, index))
+        for k in range(1, min(MAX_TRIES, len(group))):
+            yield int(group[(start + k) % len(group)])
+
+    def load(self, index: int, flip: bool = False) -> dict[str, Any]:
+        """Image ``index`` transformed for training (no replacement; DatasetError when the file
+        cannot be read or is not the size the annotation file gives)."""
         image_id = self.image_ids[index]
         path = self.image_path(index)
         try:
@@ -286,12 +324,20 @@ class CocoTrainDataset(Dataset):
                 "labels": torch.from_numpy(labels), "masks": torch.from_numpy(masks)}
 
 
-def train_collate(items: Sequence[dict[str, Any]], size_divisor: int = SIZE_DIVISOR
-                  ) -> tuple[torch.Tensor, list[ImageMeta], list[dict[str, torch.Tensor]], list[int]]:
-    """(padded (B, 3, H, W) images, metas, per-image targets, image ids)."""
+class TrainBatch(NamedTuple):
+    images: torch.Tensor  # padded (B, 3, H, W)
+    metas: list[ImageMeta]
+    targets: list[dict[str, torch.Tensor]]  # boxes, labels, masks per image
+    image_ids: list[int]
+    skipped: list[dict[str, Any]]  # images passed over for this batch (see CocoTrainDataset)
+
+
+def train_collate(items: Sequence[dict[str, Any]], size_divisor: int = SIZE_DIVISOR) -> TrainBatch:
+    """The batch of dataset items (:class:`TrainBatch`)."""
     images = pad_to_batch([it["image"] for it in items], size_divisor)
     targets = [{"boxes": it["boxes"], "labels": it["labels"], "masks": it["masks"]} for it in items]
-    return images, [it["meta"] for it in items], targets, [int(it["image_id"]) for it in items]
+    return TrainBatch(images, [it["meta"] for it in items], targets, [int(it["image_id"]) for it in items],
+                      [s for it in items for s in it.get("skipped", ())])
 
 
 class GroupedBatchSampler(Sampler[list[tuple[int, bool]]]):

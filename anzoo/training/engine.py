@@ -23,9 +23,14 @@ Where the weights start:
   BatchNorm layers use batch statistics (frozen random layers would be useless).
 
 One process (rank 0) writes the logs and checkpoints: ``metrics.jsonl``, ``config.json``,
-``epoch_N.pth`` after every epoch, ``latest.pth`` (also when a run stops early: ``--max-iters``
-or Ctrl-C) and ``model_final.pth`` (anzoo's model format: ``create_model(ID,
-pretrained=PATH)``, ``anzoo predict --weights``, ``anzoo eval --weights``).
+``epoch_N.pth`` after every epoch, ``latest.pth`` (also when a run stops early: ``--max-iters``,
+Ctrl-C, or a data error in a single process) and ``model_final.pth`` (anzoo's model format:
+``create_model(ID, pretrained=PATH)``, ``anzoo predict --weights``, ``anzoo eval --weights``).
+
+Both annotation files are checked before the first step. An image that cannot be used when its
+turn comes (deleted, damaged, not its annotated size) is replaced by the next one of its
+aspect group, with a warning and a ``"type": "skipped"`` record in ``metrics.jsonl``;
+``--strict-data`` stops instead, after writing ``latest.pth`` at the batch that failed.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.coco import load_coco_annotations, raise_worker_errors_plainly
 from ..errors import AnzooError, CheckpointError, DatasetError
 from ..fileio import atomic_path, atomic_write_json
 from ..models.detection.detector import TwoStageDetector
@@ -128,6 +134,8 @@ class TrainConfig:
         log_every: iterations between metrics records.
         progress: show a progress bar (main process).
         tensorboard: True / False / None (when installed).
+        strict_data: stop at an image that cannot be used (after writing ``latest.pth`` at that
+            batch) instead of training on the next one of its group and counting it.
     """
 
     model_id: str
@@ -165,6 +173,7 @@ class TrainConfig:
     log_every: int = 20
     progress: bool = True
     tensorboard: bool | None = None
+    strict_data: bool = False
 
     #: fields that define the run; a resumed run takes them from its checkpoint.
     RECIPE_FIELDS = ("model_id", "coco_dir", "train_ann", "train_images", "epochs", "batch_size", "lr",
@@ -208,6 +217,8 @@ class TrainResult:
     #: the metrics records of this process's run (main process only), as in metrics.jsonl.
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    #: images passed over in this run (main process; all processes' images), as in metrics.jsonl.
+    skipped_images: list[dict[str, Any]] = field(default_factory=list)
     #: the trained detector (not DDP-wrapped), in training mode.
     model: TwoStageDetector | None = None
 
@@ -387,6 +398,29 @@ def _merge_resumed_config(config: TrainConfig, saved: dict[str, Any]) -> TrainCo
     return replace(config, **updates)
 
 
+#: skipped images warned about one by one (all are in metrics.jsonl)
+SKIP_WARNINGS = 20
+
+
+def _report_skips(skips: list[dict[str, Any]], metrics: MetricsWriter, reported: list[dict[str, Any]]) -> None:
+    """Main process: a metrics record and (the first few) a warning per image passed over."""
+    for skip in skips:
+        record = {"type": "skipped", **skip}
+        metrics.write(record, scalars=False)
+        reported.append(record)
+        if len(reported) <= SKIP_WARNINGS:
+            log.warning("skipped a training image: %s; image %s took its place", skip["problem"], skip["replaced_by"])
+        elif len(reported) == SKIP_WARNINGS + 1:
+            log.warning("more training images were skipped: see the \"skipped\" records of metrics.jsonl")
+
+
+def _strict_data_message(skipped: list[dict[str, Any]], latest: Path, iteration: int) -> str:
+    what = skipped[0]["problem"] if skipped else "another process met an image that cannot be used (see its log)"
+    return (f"{what}. --strict-data: stopped before iteration {iteration} and saved {latest}; replace or "
+            f"remove the image (or leave out --strict-data to train on the next image instead), then "
+            f"continue with --resume")
+
+
 def _sum_losses(losses: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum((v for k, v in losses.items() if "loss" in k), torch.zeros((), device=next(iter(losses.values())).device))
 
@@ -475,6 +509,12 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
     entry = zoo.get_entry(config.model_id)
     train_ann, train_images, val_ann, val_images = resolve_dataset_paths(config)
     dataset = CocoTrainDataset(train_ann, train_images, scale=config.img_scale)
+    val_coco = None
+    if config.eval_every and val_ann is not None and val_images is not None:
+        # checked now rather than after the first epoch
+        if not Path(val_images).is_dir():
+            raise DatasetError(f"evaluation image folder {val_images} does not exist")
+        val_coco = load_coco_annotations(val_ann)
 
     total_epochs, steps = schedule_epochs(entry.schedule, config.epochs)
     total_batch = config.batch_size * info.world_size
@@ -506,12 +546,14 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
     loader.generator = torch.Generator()
 
     epoch, batch_in_epoch, iteration = 0, 0, 0
+    skipped_total = 0  # images passed over so far, all processes, resumed runs included
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         if resume_state.get("scaler") and use_scaler:
             scaler.load_state_dict(resume_state["scaler"])
         epoch, batch_in_epoch, iteration = (int(resume_state["epoch"]), int(resume_state["batch"]),
                                             int(resume_state["iteration"]))
+        skipped_total = int(resume_state.get("skipped_images", 0))
         if int(resume_state.get("world_size", 1)) != info.world_size:
             log.warning("resuming a run of %s processes with %s: the data order differs from an "
                         "uninterrupted run", resume_state.get("world_size"), info.world_size)
@@ -555,7 +597,8 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
         state = {"version": 1, "epoch": epoch_, "batch": batch_, "iteration": iteration,
                  "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "scaler": scaler.state_dict() if use_scaler else None, "rng": rng_all,
-                 "config": config.to_json(), "world_size": info.world_size, "total_epochs": total_epochs}
+                 "config": config.to_json(), "world_size": info.world_size, "total_epochs": total_epochs,
+                 "skipped_images": skipped_total}
         latest = work_dir / LATEST
         if name:
             path = save_training_checkpoint(work_dir / name, model, state)
@@ -569,12 +612,20 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
 
     window_start, window_iters, data_time = time.perf_counter(), 0, 0.0
     in_step = False
+    saved_for_data_error = False
+    pending_skips: list[dict[str, Any]] = []  # this process's, until the next log step
     try:
         while epoch < total_epochs and iteration < end_iter:
             sampler.set_epoch(epoch, batch_in_epoch)
             fetch_start = time.perf_counter()
-            for images, metas, targets, _ in loader:
+            for images, metas, targets, _, skipped in raise_worker_errors_plainly(iter(loader)):
                 data_time += time.perf_counter() - fetch_start
+                # every process learns whether any met an unusable image, so that all stop together
+                if config.strict_data and info.all_reduce_mean({"skipped": float(len(skipped))})["skipped"] > 0:
+                    checkpoint(epoch, batch_in_epoch)
+                    saved_for_data_error = True
+                    raise DatasetError(_strict_data_message(skipped, work_dir / LATEST, iteration + 1))
+                pending_skips += [dict(s, iter=iteration + 1, epoch=epoch + 1) for s in skipped]
                 lr = schedule.apply(optimizer, iteration, epoch)
                 images = images.to(device, non_blocking=True)
                 autocast = torch.autocast(device.type, dtype=amp_dtype) if config.amp else nullcontext()
@@ -606,11 +657,16 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
                     values = {k: float(v.detach()) for k, v in losses.items()}
                     values["loss"] = float(loss.detach())
                     values = info.all_reduce_mean(values)
+                    new_skips = [s for part in info.all_gather(pending_skips) for s in part]
+                    pending_skips = []
+                    skipped_total += len(new_skips)
                     elapsed = time.perf_counter() - window_start
                     record = {"type": "train", "iter": iteration, "epoch": epoch + 1, "lr": lr, **values,
                               "grad_norm": grad_norm, "time_per_iter": elapsed / window_iters,
-                              "data_time": data_time / window_iters, "memory_mib": peak_memory_mib(device)}
+                              "data_time": data_time / window_iters, "memory_mib": peak_memory_mib(device),
+                              "skipped_images": skipped_total}
                     if info.is_main:
+                        _report_skips(new_skips, metrics, result.skipped_images)
                         metrics.write(record)
                         result.history.append(record)
                     window_start, window_iters, data_time = time.perf_counter(), 0, 0.0
@@ -636,7 +692,7 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
                 eval_dir = work_dir / EVAL_DIR
                 scores = run_periodic_evaluation(model, val_ann, val_images, scale=config.img_scale,
                                                  device=device, workers=config.num_workers, out_dir=eval_dir,
-                                                 distributed=info.world_size > 1)
+                                                 distributed=info.world_size > 1, coco=val_coco)
                 model.train()
                 if info.is_main:
                     record = {"type": "eval", "iter": iteration, "epoch": epoch, **scores}
@@ -652,6 +708,13 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
     except KeyboardInterrupt:
         if not in_step and info.world_size == 1:
             log.warning("interrupted: saving %s to resume from", work_dir / LATEST)
+            checkpoint(epoch, batch_in_epoch)
+        raise
+    except DatasetError:
+        # images that cannot be used, MAX_TRIES in a row: keep the epoch's work (one process
+        # only: under torchrun the others are not there to join the checkpoint's exchange)
+        if not saved_for_data_error and batch_in_epoch > 0 and info.world_size == 1:
+            log.warning("saving %s to resume from", work_dir / LATEST)
             checkpoint(epoch, batch_in_epoch)
         raise
     finally:

@@ -77,12 +77,13 @@ class MetricsWriter:
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any], scalars: bool = True) -> None:
+        """Append ``record``; its numbers also go to TensorBoard unless ``scalars`` is False."""
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-        if self._tb is not None:
+        if self._tb is not None and scalars:
             step = int(record.get("iter", 0))
             prefix = record.get("type", "train")
             for key, value in record.items():
