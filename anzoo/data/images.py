@@ -370,7 +370,7 @@ def _band_converter(img: Image.Image) -> Callable[[Image.Image], np.ndarray]:
         return lambda band: _sixteen_to_eight(np.asarray(band))
     if mode == "F":
         unit = _float_max(img) <= 1.0  # the scale is decided by the whole image's maximum
-        return lambda band: _float_to_eight(np.asarray(band, dtype=np.float32), unit)
+        return lambda band: _float_to_eight(np.asarray(band), unit)
     if mode == "1":
         return lambda band: np.asarray(band.convert("L"))
     if mode == "L":
@@ -413,7 +413,8 @@ def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
 
 def _float_to_eight(values: np.ndarray, unit: bool) -> np.ndarray:
     """Float intensities to uint8: ``unit``: in 0..1 (scaled by 255), else in 0..255."""
-    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+    values = np.array(values, dtype=np.float32)  # one writable copy, worked on in place
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
     if unit:
         values *= 255.0
     return np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8)

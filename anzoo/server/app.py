@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -179,6 +179,8 @@ class SegmentService:
         self.default_model = next(iter(self.predictors))
         #: requests past the admission check and not answered yet (touched on the event loop only)
         self.admitted = 0
+        #: admitted requests without their model result yet (decoding, queued or running)
+        self.inferring = 0
         self.batcher = DynamicBatcher(
             self._run_batch, max_batch=self.settings.max_batch,
             max_wait_s=self.settings.max_wait_ms / 1000.0, max_queue=self.settings.max_queue,
@@ -289,13 +291,15 @@ class SegmentService:
         image.save(buffer, format="PNG", compress_level=3)
         return buffer.getvalue(), len(ranked)
 
-    def check_wait(self, budget_s: float) -> None:
-        """503 at once when the queue's expected wait is over what is left of the request's time."""
-        wait = self.batcher.expected_wait()
+    def check_wait(self, budget_s: float, ahead: int | None = None) -> None:
+        """503 at once when the queue's expected wait (with ``ahead`` requests before this one;
+        default: the batcher's queue) is over what is left of the request's time."""
+        wait = self.batcher.expected_wait(ahead)
         if wait > budget_s:
             raise ApiError(503, "overloaded",
-                           f"the server is overloaded: the model queue's expected wait is {wait:.1f} s, over "
-                           f"the {self.settings.request_timeout_s:g} s a request may take; retry later",
+                           f"the server is overloaded: a result would take {wait:.1f} s (the model queue's "
+                           f"expected wait), over the {self.settings.request_timeout_s:g} s a request may take; "
+                           "retry later",
                            {"Retry-After": str(max(self.settings.retry_after_s, math.ceil(wait - budget_s)))})
 
     # ------------------------------------------------------------ info
@@ -641,18 +645,28 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
             if service.admitted >= settings.max_queue + settings.max_batch:
                 raise ApiError(503, "queue_full", "the server is busy (its queue is full); retry shortly",
                                {"Retry-After": str(settings.retry_after_s)})
+            # Expected wait: every admitted request still without its result is ahead of this one.
+            service.check_wait(settings.request_timeout_s, ahead=service.inferring)
             service.admitted += 1
+            service.inferring += 1
+            inferring = [True]
+
+            def inferred() -> None:  # once this request's model result is in (or never will be)
+                if inferring[0]:
+                    inferring[0] = False
+                    service.inferring -= 1
+
             try:
-                return await _segment_admitted(render, t0, options, model_id, body)
+                return await _segment_admitted(render, t0, options, model_id, body, inferred)
             finally:
                 service.admitted -= 1
+                inferred()
         finally:
             body.release()
 
     async def _segment_admitted(render: bool, t0: float, options: SegmentOptions, model_id: str,
-                                body: _Body) -> Response:
+                                body: _Body, inferred: Callable[[], None]) -> Response:
         deadline = time.perf_counter() + settings.request_timeout_s  # the model's time starts now
-        service.check_wait(settings.request_timeout_s)
         data = body.take()
         header = await asyncio.to_thread(service.inspect, data)
         decode_bytes = decoded_bytes(header)
@@ -669,14 +683,14 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
                 del data
                 body.release()  # the encoded bytes are no longer held
                 service.decode_memory.release(decode_bytes - keep_bytes)
-            return await _infer_and_answer(render, t0, deadline, options, model_id, decoded)
+            return await _infer_and_answer(render, t0, deadline, options, model_id, decoded, inferred)
         finally:
             service.decode_memory.release(keep_bytes)
 
     async def _infer_and_answer(render: bool, t0: float, deadline: float, options: SegmentOptions,
-                                model_id: str, decoded: _Decoded) -> Response:
+                                model_id: str, decoded: _Decoded, done: Callable[[], None]) -> Response:
         key = (model_id, padded_shape(*decoded.meta.img_shape))
-        service.check_wait(deadline - time.perf_counter())
+        service.check_wait(deadline - time.perf_counter())  # the queue as it is now, decoding took time
         try:
             job = service.batcher.submit(key, _Prepared(decoded.tensor, decoded.meta, options.score_thr))
         except QueueFullError as exc:
@@ -697,6 +711,8 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
             if job.future.cancelled() and not cancelling:  # the batcher stopped: shutting down
                 raise ApiError(503, "shutting_down", "the server is shutting down") from None
             raise
+        finally:
+            done()
         timing = {
             "_t0": t0,
             "decode_ms": decoded.seconds * 1000.0,

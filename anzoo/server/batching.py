@@ -119,12 +119,15 @@ class DynamicBatcher:
         with self._cond:
             return len(self._pending)
 
-    def expected_wait(self) -> float:
-        """Seconds a job submitted now would wait before it starts: the measured time per job
-        times the jobs ahead of it (waiting or running). 0 before the first measurement."""
-        with self._cond:
-            ahead = len(self._pending) + self._running_jobs
-        return (self.job_seconds or 0.0) * ahead
+    def expected_wait(self, ahead: int | None = None) -> float:
+        """Seconds until the result of a job submitted now, from the measured time per job: the
+        jobs ahead of it (default: those waiting or running; a caller may count more) and its
+        own. 0 when none is ahead (a job on an idle worker is never refused) or before the
+        first measurement."""
+        if ahead is None:
+            with self._cond:
+                ahead = len(self._pending) + self._running_jobs
+        return (self.job_seconds or 0.0) * (ahead + 1) if ahead else 0.0
 
     # ------------------------------------------------------------------ submit
     def submit(self, key: Hashable, payload: Any) -> Job:
