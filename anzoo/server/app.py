@@ -669,8 +669,8 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
         deadline = time.perf_counter() + settings.request_timeout_s  # the model's time starts now
         data = body.take()
         header = await asyncio.to_thread(service.inspect, data)
-        decode_bytes = decoded_bytes(header)
-        keep_bytes = 6 * header.pixels if render else 0  # the photo and its drawn copy
+        keep_bytes = 6 * header.pixels if render else 0  # the photo and its drawn copy, until the PNG is made
+        decode_bytes = max(decoded_bytes(header), keep_bytes)
         try:
             await service.decode_memory.acquire(decode_bytes, deadline - time.perf_counter())
         except asyncio.TimeoutError:
