@@ -630,11 +630,28 @@ def serve(
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=1, help="Images that may wait for the model; beyond: 503 + Retry-After.")] = 64,
     timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.1, help="Seconds a request may take before it gets a 504.")] = 60.0,
+        "--timeout", min=0.1, help="Seconds a request may take once its body is received: 504 past it, and 503 at "
+                                   "once when the queue's expected wait is longer.")] = 60.0,
     max_body_mb: Annotated[float, typer.Option(
         "--max-body-mb", min=0.001, help="Largest request body, in MB (10^6 bytes).")] = 20.0,
+    # the default is anzoo.data.images.DEFAULT_MAX_PIXELS, not imported: the CLI starts without numpy
     max_pixels: Annotated[int, typer.Option(
-        "--max-pixels", min=1, help="Largest image, in pixels (checked before decoding).")] = 8192 * 8192,
+        "--max-pixels", min=1, help="Largest image, in pixels (checked before decoding; the model sees at most "
+                                    "1333x800 of it).")] = 50_000_000,
+    read_timeout: Annotated[float, typer.Option(
+        "--read-timeout", min=0.1, help="Seconds a request body may pause; it must also arrive within this plus "
+                                        "its size at --read-min-rate. Else 408.")] = 10.0,
+    read_min_rate: Annotated[float, typer.Option(
+        "--read-min-rate", min=0.001, help="Slowest average upload accepted, in kB/s.")] = 50.0,
+    max_buffered_mb: Annotated[float, typer.Option(
+        "--max-buffered-mb", min=1.0, help="Request bodies held in memory at once (received, not yet decoded), "
+                                           "MB; beyond: 503.")] = 256.0,
+    decode_memory_mb: Annotated[float, typer.Option(
+        "--decode-memory-mb", min=1.0, help="Memory for images being decoded at once (estimated from their "
+                                            "headers), MB; other decodes wait.")] = 1000.0,
+    max_mask_mpx: Annotated[float, typer.Option(
+        "--max-mask-mpx", min=0.001, help="Most mask pixels pasted per request, in Mpx (boxes clipped to the "
+                                          "image); lower-scoring instances past it are left out.")] = 200.0,
     cors_origins: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow browser pages from this origin (repeatable; '*' for any). "
                               "Off by default.", show_default=False)] = None,
@@ -650,13 +667,19 @@ def serve(
     import uvicorn
 
     from .server.app import API_KEY_ENV, ServeSettings, create_app
+    from .server.runner import check_listen_address
 
     model_ids = list(dict.fromkeys(models or [DEFAULT_MODEL]))
     if weights is not None and len(model_ids) != 1:
         raise typer.BadParameter("--weights needs exactly one --model")
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              request_timeout_s=timeout, max_body_bytes=int(max_body_mb * 1_000_000),
-                             max_pixels=max_pixels, cors_origins=tuple(cors_origins or ()))
+                             max_pixels=max_pixels, cors_origins=tuple(cors_origins or ()),
+                             read_timeout_s=read_timeout, read_min_rate=read_min_rate * 1000.0,
+                             max_buffered_bytes=int(max_buffered_mb * 1_000_000),
+                             decode_memory_bytes=int(decode_memory_mb * 1_000_000),
+                             max_mask_pixels=int(max_mask_mpx * 1_000_000))
+    check_listen_address(host, port)  # before minutes of downloading and loading
     loaded = {}
     for model_id in model_ids:
         log.info("loading %s", model_id)

@@ -46,5 +46,9 @@ class ImageError(AnzooError):
     """An input is not a readable image."""
 
 
+class UnsupportedImageFormatError(ImageError):
+    """An image in a format anzoo does not decode (EPS, ICO, PSD, ...); the message lists the accepted ones."""
+
+
 class DatasetError(AnzooError):
     """A dataset folder or annotation file is missing or malformed."""

@@ -6,7 +6,12 @@
         --preprocess_image (mmdetection v1: cv2 resize, normalize)--> tensor + ImageMeta
         --pad to a multiple of 32, batch only images of the same padded shape-->
         --model.detect (device, optional fp16 autocast)--> Detections (boxes, scores, labels, 28x28 masks)
-        --paste masks (legacy: OpenCV per box, exact; fast: batched on the device)--> Instances
+        --rank (score_thr, max_instances, pasted-area cap: before any pasting)-->
+        --paste masks (legacy: OpenCV per box, exact; fast: batched on the device)
+            --> Instances with (N, H, W) masks (Python API: predict_instances)
+            --> or one mask at a time, each only as its box's window (MaskCrop), RLE-encoded or
+                drawn and dropped: records, ``anzoo predict`` and the service (memory grows with
+                what is returned, never with N x H x W)
 
 Only images with the same padded shape share a batch: Attentive Normalization reads the
 statistics of the whole (padded) feature map, so padding an image further than mmdetection
@@ -26,16 +31,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .data.images import load_image
 from .errors import AnzooError
-from .data.results import instances_to_records
+from .data.results import instances_to_records, records_from_parts
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
 from .factory import resolve_device
 from .fileio import atomic_write_bytes
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
-from .models.detection.postprocess import paste_masks_fast, paste_masks_legacy
+from .models.detection.postprocess import MaskCrops, clipped_paste_windows, paste_masks_fast, paste_masks_legacy
 from .structures import Instances
 from .visualize import draw_instances
 
@@ -105,16 +111,68 @@ class Predictor:
         with self._autocast():
             return self.model.detect(batch, metas, with_masks=with_masks)
 
-    def paste(self, det: Detections, score_thr: float = 0.0) -> Instances:
-        """Full-image boolean masks for the detections scoring at least ``score_thr``."""
-        if score_thr > 0:
-            keep = det.scores >= score_thr
-            det = Detections(det.image_size, det.boxes[keep], det.scores[keep], det.labels[keep],
-                             None if det.mask_probs is None else det.mask_probs[keep],
-                             None if det.mask_boxes is None else det.mask_boxes[keep])
+    def paste(self, det: Detections, score_thr: float = 0.0, max_instances: int | None = None) -> Instances:
+        """Full-image boolean masks for the detections scoring at least ``score_thr`` (and only
+        the ``max_instances`` best of them), in the detector's order. The instances are chosen
+        before pasting; each mask is an (H, W) array, for the Python API."""
+        det = self.select(det, score_thr, max_instances)
         masks = self.paste_masks(det)
         return Instances(image_size=det.image_size, boxes=det.boxes.cpu(), scores=det.scores.cpu(),
                          labels=det.labels.cpu(), masks=None if masks is None else masks.cpu())
+
+    @staticmethod
+    def select(det: Detections, score_thr: float = 0.0, max_instances: int | None = None) -> Detections:
+        """The detections scoring at least ``score_thr``, at most ``max_instances`` of them (the
+        highest scores), in the detector's order."""
+        keep = torch.nonzero(det.scores >= score_thr).flatten()
+        if max_instances is not None and keep.numel() > max_instances:
+            best = torch.sort(det.scores[keep], descending=True, stable=True).indices[:max(0, max_instances)]
+            keep = keep[best.sort().values]
+        return _take(det, keep)
+
+    @staticmethod
+    def rank(det: Detections, score_thr: float = 0.0, max_instances: int | None = None,
+             max_mask_pixels: int | None = None) -> tuple[Detections, int]:
+        """The detections to answer with, highest score first (stable), before any pasting.
+
+        Keeps those scoring at least ``score_thr``, the first ``max_instances``, and, with
+        ``max_mask_pixels``, only as many of them as have paste windows (the boxes clipped to
+        the image, :func:`~anzoo.models.detection.postprocess.clipped_paste_windows`) that cover
+        at most that many pixels together. Returns them and how many that cap left out.
+        """
+        keep = torch.nonzero(det.scores >= score_thr).flatten()
+        keep = keep[torch.sort(det.scores[keep], descending=True, stable=True).indices]
+        if max_instances is not None:
+            keep = keep[:max(0, max_instances)]
+        dropped = 0
+        if max_mask_pixels is not None and det.mask_probs is not None and keep.numel():
+            boxes = (det.mask_boxes if det.mask_boxes is not None else det.boxes)[keep]
+            _, _, win_w, win_h = clipped_paste_windows(boxes, det.image_size)
+            within = int(((win_w * win_h).cumsum(0) <= max_mask_pixels).sum())
+            dropped = keep.numel() - within
+            keep = keep[:within]
+        return _take(det, keep), dropped
+
+    def mask_crops(self, det: Detections) -> MaskCrops | None:
+        """``det``'s masks, pasted one at a time when indexed, each only as its window of the
+        image (``mask_paste`` mode as :meth:`paste_masks`); None for box-only detections."""
+        if det.mask_probs is None:
+            return None
+        boxes = det.mask_boxes if det.mask_boxes is not None else det.boxes
+        return MaskCrops(det.mask_probs, boxes, det.image_size, mode=self.mask_paste)
+
+    def detection_records(self, det: Detections, mask_format: str | None = "rle") -> list[dict]:
+        """JSON records of ``det`` in its order (give it :meth:`rank`'s output), the masks pasted
+        and encoded one at a time: the memory used is that of one box's window."""
+        masks = self.mask_crops(det) if mask_format is not None else None
+        return records_from_parts(det.boxes, det.scores, det.labels, self.class_names(), self.category_ids(),
+                                  masks, mask_format)
+
+    def draw(self, image: np.ndarray, det: Detections) -> Image.Image:
+        """``det`` drawn on ``image`` (:func:`~anzoo.visualize.draw_instances`), each mask pasted
+        and blended in turn, never all at once."""
+        boxes_only = Instances(det.image_size, det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
+        return draw_instances(image, boxes_only, self.class_names(), masks=self.mask_crops(det))
 
     def paste_masks(self, det: Detections) -> torch.Tensor | None:
         """(N, h, w) bool full-image masks of all of ``det`` ('fast': on det's device, 'legacy':
@@ -137,23 +195,27 @@ class Predictor:
             out.extend(idx[j:j + self.batch_size] for j in range(0, len(idx), self.batch_size))
         return out
 
-    def predict_instances(self, images: Iterable[Any] | Any, score_thr: float = 0.0) -> list[Instances]:
-        """Instances for each image, in input order."""
+    def detect(self, images: Iterable[Any] | Any, score_thr: float = 0.0) -> list[Detections]:
+        """Detections (before pasting) scoring at least ``score_thr`` for each image, in input order."""
         items = _as_list(images)
         prepared = [self.preprocess(img) for img in items]
         metas = [m for _, m in prepared]
-        results: list[Instances | None] = [None] * len(items)
+        results: list[Detections | None] = [None] * len(items)
         for idx in self.batches(metas):
             dets = self.detect_batch([prepared[i][0] for i in idx], [metas[i] for i in idx])
             for i, det in zip(idx, dets):
-                results[i] = self.paste(det, score_thr)
+                results[i] = self.select(det, score_thr)
         return [r for r in results if r is not None]
+
+    def predict_instances(self, images: Iterable[Any] | Any, score_thr: float = 0.0) -> list[Instances]:
+        """Instances with (N, H, W) masks for each image, in input order."""
+        return [self.paste(det) for det in self.detect(images, score_thr)]
 
     def predict_records(self, images: Iterable[Any] | Any, score_thr: float = 0.3,
                         mask_format: str | None = "rle") -> list[list[dict]]:
         """JSON-ready instance records per image (what ``anzoo predict`` writes)."""
-        instances = self.predict_instances(images, score_thr=score_thr)
-        return [self.records(inst, score_thr=score_thr, mask_format=mask_format) for inst in instances]
+        return [self.detection_records(self.rank(det, score_thr)[0], mask_format)
+                for det in self.detect(images, score_thr)]
 
     def class_names(self) -> list[str]:
         from .data.coco import COCO_CLASSES
@@ -206,12 +268,12 @@ class Predictor:
                 dets = self.detect_batch([loaded[i][1] for i in idx], [loaded[i][2] for i in idx])
                 seconds = (time.perf_counter() - t0) / len(idx)
                 for i, det in zip(idx, dets):
-                    inst = self.paste(det, score_thr)
-                    records = self.records(inst, score_thr=score_thr)
+                    ranked, _ = self.rank(det, score_thr)
+                    records = self.detection_records(ranked)
                     json_path = out_dir / f"{stems[i]}.json"
                     png_path = out_dir / f"{stems[i]}.png"
                     atomic_write_bytes(json_path, json.dumps(records).encode())
-                    overlay = draw_instances(loaded[i][0], inst, self.class_names(), score_thr)
+                    overlay = self.draw(loaded[i][0], ranked)
                     buf = io.BytesIO()
                     overlay.save(buf, format="PNG")
                     atomic_write_bytes(png_path, buf.getvalue())
@@ -244,6 +306,13 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
         seen[name] = n + 1
         out.append(name if n == 0 else f"{name}-{n}")
     return out
+
+
+def _take(det: Detections, index: torch.Tensor) -> Detections:
+    """The detections at ``index`` (an int64 index tensor on det's device)."""
+    return Detections(det.image_size, det.boxes[index], det.scores[index], det.labels[index],
+                      None if det.mask_probs is None else det.mask_probs[index],
+                      None if det.mask_boxes is None else det.mask_boxes[index])
 
 
 def _as_list(images: Iterable[Any] | Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Detection outputs of one image: :class:`Instances`."""
+"""Detection outputs of one image: :class:`Instances`, and one mask kept as its window: :class:`MaskCrop`."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-__all__ = ["Instances"]
+__all__ = ["Instances", "MaskCrop"]
 
 IndexLike = Union[int, slice, Sequence[int], np.ndarray, torch.Tensor]
 
@@ -163,6 +163,48 @@ class Instances:
             f"Instances(num={len(self)}, image_size={self.image_size}, "
             f"masks={'yes' if self.masks is not None else 'no'}, device={self.device})"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskCrop:
+    """One instance mask stored as the window of the image it can cover, not as a full image.
+
+    The mask is ``mask`` on rows ``y0 .. y0 + h - 1`` and columns ``x0 .. x0 + w - 1`` of an
+    image of ``image_size`` (height, width), and False everywhere else. Pasting a 28x28 mask
+    into its box only ever sets pixels inside the box, so a crop holds the same information as
+    an (H, W) mask in a fraction of the memory (the service and ``anzoo predict`` never build
+    full-size masks; see :meth:`anzoo.inference.Predictor.mask_crops`).
+    """
+
+    x0: int
+    y0: int
+    mask: np.ndarray  # (h, w) bool, inside the image
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        h, w = self.mask.shape
+        height, width = self.image_size
+        if self.x0 < 0 or self.y0 < 0 or self.x0 + w > width or self.y0 + h > height:
+            raise ValueError(f"a {h}x{w} crop at x={self.x0}, y={self.y0} leaves the {height}x{width} image")
+
+    @classmethod
+    def from_full(cls, mask: Any) -> "MaskCrop":
+        """The whole (H, W) mask as a crop at (0, 0)."""
+        array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        array = array.astype(bool, copy=False)
+        return cls(0, 0, array, (int(array.shape[0]), int(array.shape[1])))
+
+    @property
+    def area(self) -> int:
+        """Pixels of the window (not of the mask)."""
+        return int(self.mask.shape[0] * self.mask.shape[1])
+
+    def full(self) -> np.ndarray:
+        """The (H, W) bool mask (allocates a full image: for tests and small images)."""
+        out = np.zeros(self.image_size, dtype=bool)
+        h, w = self.mask.shape
+        out[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.mask
+        return out
 
 
 def _as_tensor(value: Any, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from anzoo.structures import Instances
+from anzoo.structures import Instances, MaskCrop
 
 __all__ = ["PALETTE", "draw_instances", "instance_colour"]
 
@@ -48,6 +48,7 @@ def draw_instances(
     class_names: Sequence[str],
     score_thr: float = 0.0,
     *,
+    masks: Sequence[MaskCrop] | None = None,
     draw_masks: bool = True,
     draw_boxes: bool = True,
     draw_labels: bool = True,
@@ -58,48 +59,64 @@ def draw_instances(
     ones end up on top; instance ``k`` in descending-score order gets ``PALETTE[k]``. Line
     width and font size follow the image size, so both large photos and tiny images stay
     readable; labels are kept inside the image.
+
+    ``masks``: the instances' masks as crops (``masks[i]`` belongs to ``instances[i]``), for
+    instead of ``instances.masks``; a lazy sequence (``Predictor.mask_crops``) is pasted one
+    mask at a time, each blended into its window only, so drawing needs no (N, H, W) array.
+
+    Any box is drawn: corners in either order, boxes thinner than a pixel (a line or a point),
+    boxes partly outside the image (clipped) and boxes wholly outside it (only their label,
+    at the nearest edge). Non-finite boxes are not drawn.
     """
     if isinstance(image_rgb, Image.Image):
-        base = np.asarray(image_rgb.convert("RGB"))
+        base = np.array(image_rgb.convert("RGB"))
     else:
         base = np.asarray(image_rgb)
         if base.ndim == 2:
             base = np.repeat(base[:, :, None], 3, axis=2)
         if base.ndim != 3 or base.shape[2] != 3 or base.dtype != np.uint8:
             raise ValueError(f"draw_instances expects (H, W, 3) uint8 RGB, got {base.shape} {base.dtype}")
+        base = base.copy()
     height, width = base.shape[:2]
-    kept = instances.cpu().above(score_thr).sorted_by_score()
-    n = len(kept)
+    scores_all = instances.scores.detach().cpu()
+    kept = torch.nonzero(scores_all >= score_thr).flatten()
+    order = kept[torch.sort(scores_all[kept], descending=True, stable=True).indices].tolist()
+    n = len(order)
     colours = [instance_colour(k) for k in range(n)]
 
-    canvas = base.astype(np.float32)
-    if draw_masks and kept.masks is not None and n:
-        masks = kept.masks.numpy()
-        if masks.shape[1:] != (height, width):
-            raise ValueError(f"masks are {masks.shape[1:]}, image is {(height, width)}")
+    if masks is None and instances.masks is not None:
+        full = instances.masks.detach().cpu()
+        masks = [MaskCrop.from_full(full[i]) for i in range(len(instances))]  # views, no copies
+    if draw_masks and masks is not None and n:
         for k in reversed(range(n)):  # lowest score first, top score painted last
-            region = masks[k]
-            colour = np.asarray(colours[k], np.float32)
-            canvas[region] = canvas[region] * (1 - MASK_ALPHA) + colour * MASK_ALPHA
-    out = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+            crop = masks[order[k]]
+            if crop.image_size != (height, width):
+                raise ValueError(f"masks are {crop.image_size}, image is {(height, width)}")
+            _blend(base, crop, colours[k])
+    out = Image.fromarray(base)
     if not n or not (draw_boxes or draw_labels):
         return out
 
     draw = ImageDraw.Draw(out)
     line = max(1, round(max(height, width) / 400))
     font = _font(max(10, min(36, round(max(height, width) / 40))))
-    boxes = kept.boxes.numpy()
-    labels = kept.labels.to(torch.int64).numpy()
-    scores = kept.scores.numpy()
+    boxes = instances.boxes.detach().cpu().numpy()
+    labels = instances.labels.detach().cpu().to(torch.int64).numpy()
+    scores = scores_all.numpy()
     for k in reversed(range(n)):
-        x1, y1, x2, y2 = (float(v) for v in boxes[k])
+        i = order[k]
+        if not np.isfinite(boxes[i]).all():
+            continue
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        x1, x2 = min(x1, x2), max(x1, x2)
+        y1, y2 = min(y1, y2), max(y1, y2)
         colour = colours[k]
         if draw_boxes:
-            draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
+            _outline(draw, (x1, y1, x2, y2), width, height, colour, line)
         if draw_labels:
-            label = int(labels[k])
+            label = int(labels[i])
             name = class_names[label] if 0 <= label < len(class_names) else f"class {label}"
-            text = f"{name} {scores[k]:.2f}"
+            text = f"{name} {scores[i]:.2f}"
             left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
             text_w, text_h = right - left, bottom - top
             pad = max(1, line)
@@ -111,3 +128,33 @@ def draw_instances(
             draw.rectangle([tx, ty, tx + box_w, ty + box_h], fill=colour)
             draw.text((tx + pad - left, ty + pad - top), text, fill=_text_colour(colour), font=font)
     return out
+
+
+def _blend(canvas: np.ndarray, crop: MaskCrop, colour: tuple[int, int, int]) -> None:
+    """Blend ``colour`` at MASK_ALPHA into ``canvas`` where the crop's mask is set, in its window only."""
+    h, w = crop.mask.shape
+    if h == 0 or w == 0:
+        return
+    window = canvas[crop.y0:crop.y0 + h, crop.x0:crop.x0 + w]
+    region = np.asarray(crop.mask, dtype=bool)
+    mixed = window[region].astype(np.float32) * (1 - MASK_ALPHA) + np.asarray(colour, np.float32) * MASK_ALPHA
+    window[region] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def _outline(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], width: int, height: int,
+             colour: tuple[int, int, int], line: int) -> None:
+    """The outline of an (ordered, inclusive) box on whole pixels, clipped to the image; a box
+    less than a pixel wide or tall becomes a line, or a point (PIL's ``rectangle`` outline
+    refuses some of these, depending on its version)."""
+    x1, y1, x2, y2 = (int(np.floor(v)) for v in box)  # the pixels the box touches
+    if x2 < 0 or y2 < 0 or x1 > width - 1 or y1 > height - 1:
+        return  # wholly outside the image
+    left, top = max(0, x1), max(0, y1)
+    right, bottom = min(width - 1, x2), min(height - 1, y2)
+    if right - left < 1 or bottom - top < 1:  # a line (or a point) as thick as the outlines
+        right = max(right, min(width - 1, left + line - 1))
+        bottom = max(bottom, min(height - 1, top + line - 1))
+        draw.rectangle([left, top, right, bottom], fill=colour)
+        return
+    draw.rectangle([left, top, right, bottom], outline=colour, width=min(line, 1 + (right - left) // 2,
+                                                                         1 + (bottom - top) // 2))

@@ -5,12 +5,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 import anzoo.cli as cli
 from anzoo.data.results import decode_mask_rle
 from anzoo.factory import save_model
+from anzoo.inference import Predictor
+from anzoo.models.detection.detections import Detections
 from anzoo.testing import SMALL_SCALE, confident_model
 from anzoo.visualize import instance_colour
 
@@ -32,6 +35,8 @@ def fake_model(model, monkeypatch):
     def load(model_id, weights, device):
         seen.update(model_id=model_id, weights=weights, device=device)
         return model
+
+    seen["model"] = model
 
     monkeypatch.setattr(cli, "load_model", load)
     return seen
@@ -138,3 +143,62 @@ def test_real_weights_file_end_to_end(tmp_path, model):
     assert result.exit_code == 1 and "does not fit" in result.stderr
     result = _run(str(img), "--weights", str(tmp_path / "nope.pth"))
     assert result.exit_code == 1 and "weights file not found" in result.stderr
+
+
+def _odd_detections(self, tensors, metas, with_masks=True):
+    """Detections at the image border and beyond: sub-pixel, zero and negative extent, outside."""
+    out = []
+    for meta in metas:
+        h, w = meta.orig_size
+        boxes = torch.tensor([[w - 0.8, 10.0, w - 0.6, 16.8], [30.0, 30.0, 30.0, 30.0], [40.0, 40.0, 20.0, 20.0],
+                              [-6.0, -6.0, 3.0, 4.0], [w + 10.0, 5.0, w + 30.0, 15.0]])
+        n = len(boxes)
+        probs = torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0))
+        out.append(Detections((h, w), boxes, torch.linspace(0.9, 0.5, n), torch.zeros(n, dtype=torch.int64),
+                              probs, boxes.clone()))
+    return out
+
+
+def test_predict_draws_boxes_thinner_than_a_pixel(tmp_path, fake_model, monkeypatch):
+    monkeypatch.setattr(Predictor, "detect_batch", _odd_detections)
+    img = _photo(tmp_path / "edge.png")
+    result = _run(str(img), "--out", str(tmp_path / "out"), "--score-thr", "0")
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "out" / "edge.json").read_text())
+    assert len(records) == 5 and all(r["segmentation"]["size"] == [120, 160] for r in records)
+    png = np.asarray(Image.open(tmp_path / "out" / "edge.png").convert("RGB"))
+    assert (png[10, 159] == instance_colour(0)).all()  # the sub-pixel box at the right border, as a line
+
+
+def test_predict_never_pastes_full_size_masks(tmp_path, fake_model, monkeypatch):
+    """`anzoo predict` pastes, encodes and draws one mask window at a time; its JSON equals the
+    Python API's records of full masks."""
+    import anzoo.inference
+
+    img = _photo(tmp_path / "a.png")
+    predictor = Predictor(fake_model["model"], scale=SMALL_SCALE)
+    expected = predictor.records(predictor.predict_instances(str(img), score_thr=0.05)[0], score_thr=0.05)
+
+    def full_paste(*args, **kwargs):
+        raise AssertionError("masks pasted at full image size")
+
+    monkeypatch.setattr(anzoo.inference, "paste_masks_legacy", full_paste)
+    monkeypatch.setattr(anzoo.inference, "paste_masks_fast", full_paste)
+    result = _run(str(img), "--out", str(tmp_path / "out"), "--score-thr", "0.05")
+    assert result.exit_code == 0, result.output
+    assert expected and json.loads((tmp_path / "out" / "a.json").read_text()) == expected
+    assert predictor.predict_records(str(img), score_thr=0.05) == [expected]
+
+
+def test_only_promised_formats_are_read(tmp_path, fake_model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "anim.gif")
+    eps = tmp_path / "drawing.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    result = _run(str(folder), str(eps), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert (tmp_path / "out" / "anim.json").exists()
+    assert "drawing.eps: EPS images are not supported (accepted formats: JPEG, PNG, WebP, BMP, TIFF, GIF)" \
+        in " ".join(result.stderr.split())

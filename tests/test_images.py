@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from anzoo.data.images import IMAGE_EXTENSIONS, iter_image_files, load_image, read_image_size
-from anzoo.errors import AnzooError, ImageError
+from anzoo.errors import AnzooError, ImageError, UnsupportedImageFormatError
 
 H, W = 24, 32
 
@@ -235,7 +235,7 @@ def test_decompression_bomb_header_only(tmp_path: Path) -> None:
         idat = zlib.compress(b"\x00" * 64)
         return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
-    # Over anzoo's default limit (64 Mpx) but under Pillow's own guard: our header check.
+    # Over anzoo's default limit (50 Mpx) but under Pillow's own guard: our header check.
     with pytest.raises(ImageError, match=r"bomb.png: image is 9000x9000 = 81000000 pixels, over the limit"):
         load_image(png_header(9000, 9000), name="bomb.png")
     assert read_image_size(png_header(9000, 9000)) == (9000, 9000)  # header only, no decoding
@@ -259,6 +259,107 @@ def test_iter_image_files(tmp_path: Path) -> None:
     extra.write_bytes(b"x")
     files = iter_image_files([folder, extra, folder / "a.png"])
     assert [p.name for p in files] == ["a.png", "b.JPG", "c.webp", "d.tif", "explicit.dat"]
-    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"} <= IMAGE_EXTENSIONS
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} <= IMAGE_EXTENSIONS
     with pytest.raises(ImageError, match="missing.jpg"):
         iter_image_files([folder, tmp_path / "missing.jpg"])
+
+
+# ------------------------------------------------------------------------------- formats
+def _ico_wrapping_png(width: int, height: int) -> bytes:
+    """An ICO file whose one entry is a PNG announcing width x height pixels (a few rows of data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+           + chunk(b"IDAT", zlib.compress(b"\0" * (3 * width + 1) * 4)) + chunk(b"IEND", b""))
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def _saved(fmt: str, image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "ICO", "DDS", "PPM"])
+def test_only_the_promised_formats_are_decoded(fmt: str, monkeypatch) -> None:
+    """EPS would reach Ghostscript, an ICO wrapping a 12000x12000 PNG was decoded inside
+    Image.open (before any pixel check): neither decoder may run; the error names the format
+    and the accepted ones."""
+    from PIL import EpsImagePlugin, IcoImagePlugin
+
+    def never(*args, **kwargs):
+        raise AssertionError("a decoder of a format that is not accepted ran")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", never)
+    monkeypatch.setattr(IcoImagePlugin.IcoFile, "frame", never)
+    data = {"EPS": EPS, "ICO": _ico_wrapping_png(12_000, 12_000),
+            "DDS": _saved("DDS", Image.fromarray(_rgb())), "PPM": _saved("PPM", Image.fromarray(_rgb()))}[fmt]
+    for source in (data, None):
+        with pytest.raises(UnsupportedImageFormatError,
+                           match=rf"upload: {fmt} images are not supported \(accepted formats: JPEG, PNG, WebP, "
+                                 r"BMP, TIFF, GIF\)"):
+            if source is None:
+                read_image_size(data, name="upload")
+            else:
+                load_image(source, name="upload")
+
+
+def test_gif_is_accepted(tmp_path: Path) -> None:
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], np.uint8)
+    rgb = colours[(np.arange(H * W).reshape(H, W) // 7) % 4]
+    frames = [Image.fromarray(rgb).quantize(colors=4), Image.fromarray(rgb[::-1].copy()).quantize(colors=4)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert np.array_equal(load_image(tmp_path / "anim.gif"), rgb)  # the first frame
+    assert ".gif" in IMAGE_EXTENSIONS
+    assert [p.name for p in iter_image_files([tmp_path])] == ["anim.gif"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_equals_pillows_transpose(tmp_path: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    rgb = np.random.default_rng(orientation).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    image.save(path, exif=exif.tobytes())
+    with Image.open(path) as stored:
+        expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    assert np.array_equal(load_image(path), expected)
+    assert read_image_size(path) == expected.shape[:2]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "F", "I;16", "P"])
+def test_decoding_makes_no_whole_image_copy(mode: str) -> None:
+    """Mode conversion and orientation go a band of rows at a time into the result: the Python
+    memory peak (numpy and bytes, not Pillow's own pixels) stays near the (H, W, 3) result.
+    Before, the peak was 2x the result for RGB (Pillow's tobytes) and 5.7x for a float image."""
+    import tracemalloc
+
+    side = 4096
+    ramp = np.add.outer(np.arange(side), np.arange(side))
+    image = {"RGB": lambda: Image.fromarray(np.dstack([ramp % 256] * 3).astype(np.uint8)),
+             "F": lambda: Image.fromarray((ramp / ramp.max()).astype(np.float32)),
+             "I;16": lambda: Image.fromarray((ramp * 30).astype(np.uint16)),
+             "P": lambda: Image.fromarray((ramp % 256).astype(np.uint8)).convert("P")}[mode]()
+    assert image.mode == mode
+    image.load()
+    tracemalloc.start()
+    try:
+        out = load_image(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (side, side, 3)
+    assert peak < out.nbytes + 16 * 2**20, (peak / 2**20, out.nbytes / 2**20)  # + a few bands of rows

@@ -13,6 +13,7 @@ from anzoo.models.detection.postprocess import (
     legacy_paste_windows,
     legacy_rescale_boxes,
     multiclass_nms,
+    paste_mask_crops,
     paste_masks_fast,
     paste_masks_legacy,
 )
@@ -181,6 +182,23 @@ def test_paste_fast_agrees_with_legacy() -> None:
     assert iou.min() >= 0.99
     assert (legacy ^ fast).sum() <= 5  # isolated pixels at most
     assert union.gt(0).sum() > 100  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("mode, paste", [("legacy", paste_masks_legacy), ("fast", paste_masks_fast)])
+def test_mask_crops_are_the_windows_of_the_full_paste(mode: str, paste) -> None:
+    """Each lazily pasted crop equals its window of the all-boxes paste, and the paste is zero
+    outside it: tiny, huge, flipped, border-crossing and outside boxes (_random_boxes)."""
+    img_h, img_w = 90, 130
+    probs = _smooth_maps(120, 4)
+    boxes = _random_boxes(120, img_h, img_w, 5)
+    full = paste(probs, boxes, (img_h, img_w)).numpy()
+    crops = paste_mask_crops(probs, boxes, (img_h, img_w), mode=mode)
+    assert len(crops) == 120 and crops.areas == [c.area for c in crops]
+    for i, crop in enumerate(crops):
+        assert crop.image_size == (img_h, img_w)
+        assert np.array_equal(crop.full(), full[i]), i
+    assert sum(c.mask.any() for c in crops) > 60  # not vacuous
+    assert any(c.area == 0 for c in crops) and any(c.area == img_h * img_w for c in crops)
 
 
 def test_paste_fast_is_bit_exact_with_opencv_without_ipp() -> None:

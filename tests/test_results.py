@@ -14,7 +14,9 @@ from pycocotools.cocoeval import COCOeval
 from anzoo.data.coco import category_ids_of, class_names_of, load_coco_annotations
 from anzoo.data.results import (
     boxes_to_xywh,
+    crop_to_polygons,
     decode_mask_rle,
+    encode_crop_rle,
     encode_mask_rle,
     encode_masks_rle,
     instances_to_coco,
@@ -22,7 +24,7 @@ from anzoo.data.results import (
     mask_to_polygons,
 )
 from anzoo.data.synthetic import make_synthetic_coco
-from anzoo.structures import Instances
+from anzoo.structures import Instances, MaskCrop
 
 # ------------------------------------------------------------------------------- RLE
 
@@ -51,6 +53,47 @@ def test_rle_round_trip_random_masks() -> None:
         # bytes counts are accepted too
         assert np.array_equal(decode_mask_rle({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
         assert mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) == mask.sum()
+
+
+def _random_crops(rng: np.random.Generator, count: int) -> list[MaskCrop]:
+    """Windows anywhere in small images: at the borders, as tall or wide as the image, empty
+    (0 x 0, or no pixel set), full, and random at several densities."""
+    crops = []
+    for _ in range(count):
+        height, width = (int(v) for v in rng.integers(1, 14, 2))
+        h, w = int(rng.integers(0, height + 1)), int(rng.integers(0, width + 1))
+        y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        density = rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+        crops.append(MaskCrop(x0, y0, rng.random((h, w)) < density, (height, width)))
+    return crops
+
+
+EDGE_CROPS = [
+    MaskCrop(0, 0, np.ones((5, 4), bool), (5, 4)),  # the whole image, full: one run of ones
+    MaskCrop(0, 0, np.zeros((5, 4), bool), (5, 4)),  # the whole image, empty
+    MaskCrop(3, 0, np.ones((6, 2), bool), (6, 5)),  # full-height window: runs continue across columns
+    MaskCrop(4, 5, np.ones((1, 1), bool), (6, 5)),  # the last pixel: the RLE ends with ones
+    MaskCrop(0, 0, np.ones((1, 1), bool), (6, 5)),  # the first pixel: the RLE starts with 0 zeros
+    MaskCrop(2, 3, np.zeros((0, 0), bool), (6, 5)),  # a window outside the image (clipped away)
+    MaskCrop(1, 0, np.array([[0, 1], [1, 1], [1, 0]], bool), (3, 4)),  # a run that wraps a column
+]
+
+
+def test_rle_from_a_crop_equals_the_full_mask_rle() -> None:
+    """encode_crop_rle never builds the full mask, and gives pycocotools' string for it."""
+    crops = EDGE_CROPS + _random_crops(np.random.default_rng(3), 2000)
+    for crop in crops:
+        assert encode_crop_rle(crop) == encode_mask_rle(crop.full()), crop
+    # and at a real size, with a big window clipped at the right and bottom borders
+    rng = np.random.default_rng(4)
+    big = MaskCrop(300, 200, rng.random((280, 340)) > 0.3, (480, 640))
+    assert encode_crop_rle(big) == encode_mask_rle(big.full())
+
+
+def test_polygons_from_a_crop_equal_the_full_mask_polygons() -> None:
+    crops = EDGE_CROPS + _random_crops(np.random.default_rng(5), 500)
+    for crop in crops:
+        assert crop_to_polygons(crop) == mask_to_polygons(crop.full()), crop
 
 
 def test_encode_many_masks_matches_single() -> None:

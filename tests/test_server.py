@@ -2,8 +2,10 @@
 dynamic batcher on its own. A random-weights AN model at a tiny scale stands in for a release."""
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import socket
 import struct
 import threading
 import time
@@ -18,6 +20,7 @@ from PIL import Image
 
 from anzoo.data.results import decode_mask_rle
 from anzoo.inference import Predictor
+from anzoo.models.detection.detections import Detections
 from anzoo.server.app import ServeSettings, create_app
 from anzoo.server.batching import DynamicBatcher, NotRunningError, QueueFullError
 from anzoo.server.schemas import SegmentResponse
@@ -595,3 +598,177 @@ def test_cli_serve_builds_the_app_and_runs_uvicorn(model: torch.nn.Module, monke
     assert two.exit_code != 0 and "--weights needs exactly one --model" in two.output
     bad = CliRunner().invoke(cli.app, ["serve", "--max-batch", "0"])
     assert bad.exit_code != 0 and "--max-batch" in bad.output
+
+
+# --------------------------------------------------------------------------- formats, memory per request
+def test_unsupported_image_formats_get_415_with_the_accepted_list(client: TestClient) -> None:
+    import struct
+
+    ico_header = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, 41, 22)
+    ico = ico_header + png_header_only(12_000, 12_000)  # an ICO wrapping a 12000x12000 PNG
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    buf = io.BytesIO()
+    Image.fromarray(IMAGE).save(buf, format="DDS")
+    for name, data in (("EPS", eps), ("ICO", ico), ("DDS", buf.getvalue())):
+        for path in ("/segment", "/segment/render"):
+            response = client.post(path, content=data, headers={"Content-Type": "image/x-anything"})
+            assert_error(response, 415, "unsupported_image_format", f"{name} images are not supported",
+                         "JPEG, PNG, WebP, BMP, TIFF, GIF")
+        multipart = client.post("/segment", files={"image": (f"a.{name.lower()}", data, "image/png")})
+        assert_error(multipart, 415, "unsupported_image_format", name)
+    gif = io.BytesIO()
+    Image.fromarray(IMAGE).save(gif, format="GIF")
+    assert client.post("/segment", content=gif.getvalue(), headers={"Content-Type": "image/gif"}).status_code == 200
+
+
+class PasteCounter:
+    """Counts the masks pasted (MaskCrops windows) and fails on any full-size (N, H, W) paste."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import anzoo.inference
+        from anzoo.models.detection import postprocess
+
+        self.windows = 0
+        original = postprocess.MaskCrops.__getitem__
+
+        def counted(crops, index):
+            self.windows += 1
+            return original(crops, index)
+
+        def full_paste(*args, **kwargs):
+            raise AssertionError("masks pasted at full image size for the service")
+
+        monkeypatch.setattr(postprocess.MaskCrops, "__getitem__", counted)
+        monkeypatch.setattr(anzoo.inference, "paste_masks_legacy", full_paste)
+        monkeypatch.setattr(anzoo.inference, "paste_masks_fast", full_paste)
+
+
+def test_instances_are_chosen_before_any_mask_is_pasted(client: TestClient, predictor: Predictor,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """score_thr=0&max_instances=1 used to paste every detection's mask at full size; now one
+    window is pasted, and never an (N, H, W) array (the answers are those of the Python API)."""
+    detected = len(predictor.detect(IMAGE)[0])
+    expected = expected_records(predictor, IMAGE, score_thr=0.0, max_instances=1)
+    expected_polygons = expected_records(predictor, IMAGE, 0.0, "polygon")
+    counter = PasteCounter(monkeypatch)
+    response = client.post("/segment?score_thr=0&max_instances=1", content=PNG,
+                           headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    assert response.json()["instances"] == expected and response.json()["truncated"] is False
+    assert detected >= 3 and counter.windows == 1
+    render = client.post("/segment/render?score_thr=0&max_instances=2", content=PNG,
+                         headers={"Content-Type": "image/png"})
+    assert render.status_code == 200 and render.headers["x-instances"] == "2" and counter.windows == 3
+    polygons = client.post("/segment?score_thr=0&mask_format=polygon", content=PNG,
+                           headers={"Content-Type": "image/png"})
+    assert polygons.json()["instances"] == expected_polygons and counter.windows == 3 + detected
+
+
+def test_pasted_area_per_request_is_capped(model: torch.nn.Module, predictor: Predictor) -> None:
+    ranked, _ = predictor.rank(predictor.detect(IMAGE)[0], 0.0)
+    areas = predictor.mask_crops(ranked).areas
+    cap = areas[0] + areas[1] - 1  # room for the best instance's window, not for the second's
+    app = create_app({MODEL_ID: model}, scale=SCALE, api_key="", warmup=False, max_mask_pixels=cap)
+    with TestClient(app) as c:
+        wait_ready(c)
+        body = c.post("/segment?score_thr=0", content=PNG, headers={"Content-Type": "image/png"}).json()
+        render = c.post("/segment/render?score_thr=0", content=PNG, headers={"Content-Type": "image/png"})
+    assert body["truncated"] is True
+    assert body["instances"] == expected_records(predictor, IMAGE, score_thr=0.0, max_instances=1)
+    assert render.headers["x-instances"] == "1"
+
+
+class OddBoxPredictor(Predictor):
+    """Detections at the image border and beyond: sub-pixel, zero, negative extent, outside."""
+
+    def detect_batch(self, tensors, metas, with_masks: bool = True):
+        out = []
+        for meta in metas:
+            h, w = meta.orig_size
+            boxes = torch.tensor([[w - 0.8, 10.0, w - 0.6, 16.8], [30.0, 30.0, 30.0, 30.0],
+                                  [40.0, 40.0, 20.0, 20.0], [-6.0, -6.0, 3.0, 4.0],
+                                  [w + 10.0, 5.0, w + 30.0, 15.0], [5.0, 50.0, 60.0, 50.4]])
+            n = len(boxes)
+            probs = torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0))
+            out.append(Detections((h, w), boxes, torch.linspace(0.9, 0.4, n), torch.zeros(n, dtype=torch.int64),
+                                  probs, boxes.clone()))
+        return out
+
+
+def test_boxes_thinner_than_a_pixel_or_outside_are_drawn_and_encoded(model: torch.nn.Module) -> None:
+    odd = OddBoxPredictor(model, scale=SCALE)
+    with TestClient(create_app({MODEL_ID: odd}, api_key="", warmup=False)) as c:
+        wait_ready(c)
+        render = c.post("/segment/render?score_thr=0", content=PNG, headers={"Content-Type": "image/png"})
+        assert render.status_code == 200, render.text
+        assert render.headers["x-instances"] == "6"
+        assert Image.open(io.BytesIO(render.content)).size == (160, 120)
+        body = c.post("/segment?score_thr=0", content=PNG, headers={"Content-Type": "image/png"}).json()
+    assert len(body["instances"]) == 6
+    for inst in body["instances"]:
+        assert decode_mask_rle(inst["mask"]).shape == (120, 160)
+    assert not decode_mask_rle(body["instances"][4]["mask"]).any()  # the box outside the image
+
+
+def test_default_limits() -> None:
+    from anzoo.data.images import DEFAULT_MAX_PIXELS
+
+    settings = ServeSettings()
+    assert DEFAULT_MAX_PIXELS == settings.max_pixels == 50_000_000
+    assert settings.read_timeout_s == 10.0 and settings.read_min_rate == 50_000
+    with pytest.raises(ValueError, match="read_timeout_s"):
+        ServeSettings(read_timeout_s=0)
+
+
+def test_cli_serve_defaults_are_the_settings_defaults(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from anzoo import cli
+
+    calls: dict = {}
+    monkeypatch.setattr(cli, "load_model", lambda model_id, weights, device: model)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
+    with socket_on_free_port() as (_, port):
+        pass  # a port that was free a moment ago
+    result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID, "--port", str(port)])
+    assert result.exit_code == 0, result.output
+    assert calls["app"].state.service.settings == ServeSettings(api_key="")
+    result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID, "--port", str(port), "--read-timeout", "3",
+                                          "--read-min-rate", "20", "--max-buffered-mb", "64",
+                                          "--decode-memory-mb", "500", "--max-mask-mpx", "50"])
+    assert result.exit_code == 0, result.output
+    assert calls["app"].state.service.settings == ServeSettings(
+        api_key="", read_timeout_s=3, read_min_rate=20_000, max_buffered_bytes=64_000_000,
+        decode_memory_bytes=500_000_000, max_mask_pixels=50_000_000)
+
+
+@contextlib.contextmanager
+def socket_on_free_port() -> Iterator[tuple[socket.socket, int]]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        yield sock, sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def test_cli_serve_on_a_busy_port_fails_before_loading_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from anzoo import cli
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the port is busy")
+
+    monkeypatch.setattr(cli, "load_model", must_not_load)
+    monkeypatch.setattr(uvicorn, "run", must_not_load)
+    with socket_on_free_port() as (held, port):
+        held.listen(1)
+        result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID, "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: port {port} on 127.0.0.1 is in use (is another server running there?); "
+                     "choose another with --port"], result.output
+    assert "Traceback" not in result.output

@@ -82,3 +82,64 @@ def test_without_masks_and_without_instances() -> None:
     assert gray.size == (60, 50)
     with pytest.raises(ValueError):
         draw_instances(np.zeros((50, 60, 3), np.float32), inst, NAMES)
+
+
+# The boxes of detections at the image border and other degenerate ones (inclusive x1, y1, x2, y2).
+ODD_BOXES = {
+    "sub-pixel at the right border": ([511.2, 410.0, 511.4, 416.8], (410, 511)),
+    "zero extent (a point)": ([100.0, 120.0, 100.0, 120.0], (120, 100)),
+    "sub-pixel height": ([40.0, 60.3, 90.0, 60.6], (60, 40)),
+    "negative extent (corners swapped)": ([90.0, 80.0, 30.0, 20.0], (20, 30)),
+    "partly outside": ([-40.0, 500.0, 30.0, 600.0], (500, 0)),
+    "bottom-right corner pixel": ([511.9, 511.9, 511.95, 511.99], (511, 511)),
+}
+OUTSIDE_BOXES = {
+    "left of the image": [-30.0, 10.0, -5.0, 40.0],
+    "below the image": [10.0, 512.0, 40.0, 530.0],
+    "non-finite": [float("nan"), 1.0, float("inf"), 5.0],
+}
+
+
+@pytest.mark.parametrize("size", [512, 1333])  # outlines 1 and 3 px wide
+@pytest.mark.parametrize("name", list(ODD_BOXES))
+def test_degenerate_boxes_are_drawn_as_lines_or_points(name: str, size: int) -> None:
+    box, (row, col) = ODD_BOXES[name]
+    image = np.zeros((size, size, 3), np.uint8)
+    inst = Instances((size, size), [box], [0.8], [0], None)
+    pixels = np.asarray(draw_instances(image, inst, NAMES, draw_labels=False))
+    assert (pixels[row, col] == PALETTE[0]).all()  # the box's first pixel is on the outline
+    drawn = (pixels != 0).any(axis=2)
+    rows, cols = np.nonzero(drawn)
+    x1, y1, x2, y2 = box
+    assert rows.min() >= min(y1, y2) - 1 and cols.min() >= min(x1, x2) - 1  # nothing far from the box
+    line = max(1, round(size / 400))
+    assert rows.max() <= max(max(y1, y2), min(y1, y2) + line) and cols.max() <= max(max(x1, x2), min(x1, x2) + line)
+    assert np.array_equal(np.asarray(draw_instances(image, inst, NAMES)).shape, (size, size, 3))  # with its label
+
+
+@pytest.mark.parametrize("name", list(OUTSIDE_BOXES))
+def test_boxes_outside_the_image_draw_no_outline(name: str) -> None:
+    image = np.zeros((512, 512, 3), np.uint8)
+    inst = Instances((512, 512), [OUTSIDE_BOXES[name]], [0.8], [0], None)
+    assert not np.asarray(draw_instances(image, inst, NAMES, draw_labels=False)).any()
+    labelled = np.asarray(draw_instances(image, inst, NAMES))  # the label alone, inside the image
+    assert labelled.shape == (512, 512, 3) and (labelled.any() == (name != "non-finite"))
+
+
+def test_masks_given_as_crops_draw_as_full_masks() -> None:
+    from anzoo.structures import MaskCrop
+
+    rng = np.random.default_rng(0)
+    h, w = 70, 90
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    crops = [MaskCrop(5, 8, rng.random((30, 40)) > 0.4, (h, w)),
+             MaskCrop(50, 40, rng.random((30, 40)) > 0.4, (h, w)),  # overlaps nothing, at the border
+             MaskCrop(20, 20, rng.random((40, 50)) > 0.5, (h, w)),  # overlaps the first
+             MaskCrop(0, 0, np.zeros((0, 0), bool), (h, w))]
+    boxes = [[5, 8, 44, 37], [50, 40, 89, 69], [20, 20, 69, 59], [0, 0, 1, 1]]
+    scores, labels = [0.5, 0.9, 0.7, 0.6], [0, 1, 0, 1]
+    full = Instances((h, w), boxes, scores, labels, np.stack([c.full() for c in crops]))
+    lazy = Instances((h, w), boxes, scores, labels)
+    expected = np.asarray(draw_instances(image, full, NAMES, 0.55))
+    assert np.array_equal(np.asarray(draw_instances(image, lazy, NAMES, 0.55, masks=crops)), expected)
+    assert not np.array_equal(expected, image)

@@ -3,8 +3,11 @@
 Every entry point of anzoo (``predict``, ``eval``, ``serve``, training) goes through
 :func:`load_image`, so every input gets the same treatment:
 
-* Formats: whatever Pillow decodes; the ones we promise are JPEG, PNG, WebP, BMP and TIFF.
-  Multi-frame files (TIFF pages, animated WebP) give their first frame.
+* Formats: JPEG, PNG, WebP, BMP, TIFF and GIF, and only those (:data:`ACCEPTED_FORMATS`):
+  Pillow is asked to try no other decoder, so an EPS file never reaches Ghostscript and an ICO
+  wrapping a huge PNG is never decoded. A file in another format Pillow recognises raises
+  :class:`~anzoo.errors.UnsupportedImageFormatError` naming it and the accepted formats.
+  Multi-frame files (TIFF pages, animated WebP and GIF) give their first frame.
 * EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), as OpenCV's
   ``cv2.imread(..., IMREAD_COLOR)`` does, which is how mmdetection v1 read images.
 * Alpha is **dropped**, not composited: RGBA, LA and transparent palette images keep the
@@ -28,41 +31,64 @@ Anything that cannot be read raises :class:`anzoo.errors.ImageError` naming the 
 missing or empty file, a file that is not an image, a truncated image, and an image with more
 than ``max_pixels`` pixels. The pixel count is checked from the file header, before the pixels
 are decoded, so a decompression bomb never gets allocated.
+
+Memory: decoding holds Pillow's pixels (1 to 4 bytes per pixel by mode, 4 for RGB) and the
+(H, W, 3) result; the mode conversion and the EXIF rotation are done a band of rows at a
+time, straight into the result, so no further whole-image copy is made
+(:func:`decoded_bytes` estimates the peak from the header).
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from anzoo.errors import AnzooError, ImageError
+from anzoo.errors import AnzooError, ImageError, UnsupportedImageFormatError
 
 __all__ = [
+    "ACCEPTED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "ImageHeader",
     "ImageSource",
+    "decoded_bytes",
     "iter_image_files",
     "load_image",
+    "read_image_header",
     "read_image_size",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Largest image accepted by default: 8192 x 8192 pixels (64 Mpx, 192 MiB decoded as RGB).
+#: Largest image accepted by default: 50 Mpx (e.g. 8660 x 5774; a 48 Mpx phone photo,
+#: 8064 x 6048, passes). The detectors look at the image resized to fit (1333, 800), at most
+#: 1.07 Mpx: a 50 Mpx photo is already shrunk 6.8 times per side, so more pixels only cost
+#: memory (about 7 bytes per pixel while decoding) and time, never detections.
 #: Pillow's own bomb guard stays in force above 2 x ``Image.MAX_IMAGE_PIXELS`` even with
 #: ``max_pixels=None``.
-DEFAULT_MAX_PIXELS = 8192 * 8192
+DEFAULT_MAX_PIXELS = 50_000_000
+
+#: The formats :func:`load_image` decodes, as Pillow names them (a JPEG with several
+#: pictures, MPO, is opened by Pillow's JPEG plugin).
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF"
 
 #: File extensions :func:`iter_image_files` picks up in a directory (lower case).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
+
+#: Bytes per pixel of Pillow's decoded storage by mode (multi-band 8-bit modes take 4).
+_PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+#: Rows are converted this many bytes of Pillow pixels at a time.
+_BAND_BYTES = 4 << 20
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -105,11 +131,25 @@ def load_image(
     raise TypeError(f"load_image() cannot read a {type(source).__name__}")
 
 
-def read_image_size(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[int, int]:
-    """(height, width) of the image :func:`load_image` would return, from the header only.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: the size :func:`load_image` returns (EXIF orientation
+    applied), Pillow's mode and format."""
 
-    EXIF orientation is taken into account; the pixels are not decoded. Used to group images
-    by their padded shape before loading them.
+    height: int
+    width: int
+    mode: str
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+def read_image_header(source: str | os.PathLike | bytes, *, name: str | None = None) -> ImageHeader:
+    """The :class:`ImageHeader` of a file or encoded bytes; the pixels are not decoded.
+
+    Raises ImageError (UnsupportedImageFormatError for a format that is not accepted).
     """
     label = name or _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -121,9 +161,26 @@ def read_image_size(source: str | os.PathLike | bytes, *, name: str | None = Non
     with fh:
         with _open_pil(fh, label) as img:
             width, height = img.size
-            if _exif_orientation(img, label) in _TRANSPOSING_ORIENTATIONS:
+            if _exif_orientation(img, label, header_only=True) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
-    return height, width
+            return ImageHeader(height, width, img.mode, str(img.format))
+
+
+def read_image_size(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[int, int]:
+    """(height, width) of the image :func:`load_image` would return, from the header only.
+
+    EXIF orientation is taken into account; the pixels are not decoded. Used to group images
+    by their padded shape before loading them.
+    """
+    header = read_image_header(source, name=name)
+    return header.height, header.width
+
+
+def decoded_bytes(header: ImageHeader) -> int:
+    """Peak memory :func:`load_image` needs for this image, from its header: Pillow's decoded
+    pixels, the (H, W, 3) uint8 result and one band of converted rows."""
+    per_pixel = _PIL_BYTES_PER_PIXEL.get(header.mode, 4)
+    return header.pixels * (per_pixel + 3) + 3 * _BAND_BYTES
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -193,14 +250,38 @@ def _check_file(path: Path, label: str) -> Path:
 
 
 def _open_pil(fh, label: str) -> Image.Image:
+    start = fh.tell()
     try:
-        return Image.open(fh)
+        return Image.open(fh, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{label}: image too large to decode safely ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageError(f"{label}: not an image file (or an unsupported format)") from exc
+        fh.seek(start)
+        other = _recognised_format(fh.read(16))
+        if other is not None:
+            raise UnsupportedImageFormatError(
+                f"{label}: {other} images are not supported (accepted formats: {_FORMAT_NAMES})") from exc
+        raise ImageError(f"{label}: not an image file (or an unsupported format; accepted formats: "
+                         f"{_FORMAT_NAMES})") from exc
     except Exception as exc:  # a malformed header: Pillow raises many kinds
         raise ImageError(f"{label}: cannot read the image header ({exc})") from exc
+
+
+def _recognised_format(prefix: bytes) -> str | None:
+    """The name of a format outside ACCEPTED_FORMATS whose signature ``prefix`` starts with,
+    from Pillow's signature checks alone (nothing is opened); None when an accepted format's
+    signature matches too (then the file is a broken one of those) or none does."""
+    Image.init()
+    matches = []
+    for fmt, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                matches.append(fmt)
+        except Exception:  # a signature check that needs more bytes than the file has
+            continue
+    if not matches or any(fmt in ACCEPTED_FORMATS for fmt in matches):
+        return None
+    return matches[0]
 
 
 def _open_and_decode(fh, label: str, max_pixels: int | None) -> np.ndarray:
@@ -218,7 +299,12 @@ def _check_pixels(width: int, height: int, label: str, max_pixels: int | None) -
         )
 
 
-def _exif_orientation(img: Image.Image, label: str) -> int:
+def _exif_orientation(img: Image.Image, label: str, header_only: bool = False) -> int:
+    """The EXIF orientation tag (1 when absent). ``header_only``: never decode to find it; a
+    PNG may store its EXIF after the pixels, and Pillow's ``getexif`` would then decode the
+    whole image (such a rare file's header size ignores its orientation)."""
+    if header_only and img.format == "PNG" and "exif" not in img.info:
+        return 1
     try:
         return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
     except Exception as exc:  # malformed EXIF must not make a readable image unreadable
@@ -238,40 +324,84 @@ def _decode_pil(img: Image.Image, label: str, max_pixels: int | None) -> np.ndar
         if "truncated" in reason.lower() or isinstance(exc, (EOFError, SyntaxError)):
             raise ImageError(f"{label}: truncated or corrupt image ({reason})") from exc
         raise ImageError(f"{label}: cannot decode the image ({reason})") from exc
-    if _exif_orientation(img, label) != 1:
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception as exc:
-            logger.warning("%s: EXIF orientation not applied (%s)", label, exc)
     try:
-        return _pil_to_rgb(img)
+        return _pil_to_rgb(img, _exif_orientation(img, label))
     except ValueError as exc:
         raise ImageError(f"{label}: {exc}") from exc
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def _pil_to_rgb(img: Image.Image, orientation: int = 1) -> np.ndarray:
+    """The loaded image as (H, W, 3) uint8 RGB with the EXIF ``orientation`` applied, converted
+    a band of rows at a time straight into the result (no whole-image temporary)."""
+    width, height = img.size
+    out_h, out_w = (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    target = _unoriented_view(out, orientation)  # shaped like the stored image, writing into out
+    convert = _band_converter(img)
+    rows = max(1, _BAND_BYTES // max(1, 4 * width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        band = convert(img.crop((0, top, width, bottom)))
+        target[top:bottom] = band if band.ndim == 3 else band[:, :, None]
+    return out
+
+
+def _unoriented_view(out: np.ndarray, orientation: int) -> np.ndarray:
+    """A view of ``out`` (the oriented image) in the stored image's layout: writing the stored
+    pixels into it writes them where ``ImageOps.exif_transpose`` would put them."""
+    views: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+        2: lambda a: a[:, ::-1],  # mirrored: FLIP_LEFT_RIGHT is its own inverse
+        3: lambda a: a[::-1, ::-1],  # ROTATE_180
+        4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+        6: lambda a: np.rot90(a, 1),  # stored = out turned back: out is ROTATE_270 of it
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # TRANSVERSE, its own inverse
+        8: lambda a: np.rot90(a, -1),  # out is ROTATE_90 of the stored image
+    }
+    return views.get(orientation, lambda a: a)(out)
+
+
+def _band_converter(img: Image.Image) -> Callable[[Image.Image], np.ndarray]:
+    """How a band of ``img``'s rows becomes uint8: (k, W, 3) RGB, or (k, W) gray (broadcast)."""
     mode = img.mode
     if mode == "RGB":
-        rgb = np.asarray(img)
-    elif mode in _SIXTEEN_BIT_MODES:
-        rgb = _gray_to_rgb(_sixteen_to_eight(np.asarray(img)))
-    elif mode == "F":
-        rgb = _gray_to_rgb(_float_to_eight(np.asarray(img, dtype=np.float32)))
-    elif mode in ("1", "L"):
-        rgb = _gray_to_rgb(np.asarray(img.convert("L")))
-    elif mode == "LA":
-        rgb = _gray_to_rgb(np.asarray(img)[..., 0])
-    elif mode in ("P", "PA"):
+        return np.asarray
+    if mode in _SIXTEEN_BIT_MODES:
+        return lambda band: _sixteen_to_eight(np.asarray(band))
+    if mode == "F":
+        unit = _float_max(img) <= 1.0  # the scale is decided by the whole image's maximum
+        return lambda band: _float_to_eight(np.asarray(band), unit)
+    if mode == "1":
+        return lambda band: np.asarray(band.convert("L"))
+    if mode == "L":
+        return np.asarray
+    if mode == "LA":
+        return lambda band: np.asarray(band)[..., 0]
+    if mode in ("P", "PA"):
         # Via RGBA so that Pillow resolves transparency; the alpha is then dropped.
-        rgb = np.asarray(img.convert("RGBA"))[..., :3]
-    elif mode in ("RGBA", "RGBa", "RGBX"):
-        rgb = np.asarray(img)[..., :3]
-    else:  # CMYK, YCbCr, LAB, HSV, ...
+        return lambda band: np.asarray(band.convert("RGBA"))[..., :3]
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return lambda band: np.asarray(band)[..., :3]
+
+    def other(band: Image.Image) -> np.ndarray:  # CMYK, YCbCr, LAB, HSV, ...
         try:
-            rgb = np.asarray(img.convert("RGB"))
+            return np.asarray(band.convert("RGB"))
         except Exception as exc:
             raise ValueError(f"unsupported image mode {mode!r} ({exc})") from exc
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+    return other
+
+
+def _float_max(img: Image.Image) -> float:
+    """Largest value of a mode "F" image as :func:`_float_to_eight` sees it (NaN as 0, +inf
+    as 255), a band at a time."""
+    width, height = img.size
+    rows = max(1, _BAND_BYTES // max(1, 4 * width))
+    largest = 0.0 if height * width == 0 else -np.inf
+    for top in range(0, height, rows):
+        band = np.asarray(img.crop((0, top, width, min(height, top + rows))), dtype=np.float32)
+        largest = max(largest, float(np.nan_to_num(band, nan=0.0, posinf=255.0, neginf=0.0).max()))
+    return largest
 
 
 def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
@@ -281,12 +411,13 @@ def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
     return (values.astype(np.uint32) >> 8).astype(np.uint8)
 
 
-def _float_to_eight(values: np.ndarray) -> np.ndarray:
-    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-    finite_max = float(values.max()) if values.size else 0.0
-    if finite_max <= 1.0:
-        values = values * 255.0
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+def _float_to_eight(values: np.ndarray, unit: bool) -> np.ndarray:
+    """Float intensities to uint8: ``unit``: in 0..1 (scaled by 255), else in 0..255."""
+    values = np.array(values, dtype=np.float32)  # one writable copy, worked on in place
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    if unit:
+        values *= 255.0
+    return np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8)
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

@@ -15,10 +15,12 @@ The arithmetic is done in float64 on the float32 box values, as mmdetection v1 d
 (``bbox.tolist()`` then Python arithmetic), so written numbers match its files.
 
 Masks are written as COCO compressed RLE (pycocotools, column-major) with ``counts`` a str.
+A mask kept as its window of the image (:class:`~anzoo.structures.MaskCrop`) is encoded from
+the window alone, to the same string as its full-image mask (:func:`encode_crop_rle`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cv2
@@ -26,17 +28,20 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
-from anzoo.structures import Instances
+from anzoo.structures import Instances, MaskCrop
 
 __all__ = [
     "boxes_to_xywh",
+    "crop_to_polygons",
     "decode_mask_rle",
+    "encode_crop_rle",
     "encode_mask_rle",
     "encode_masks_rle",
     "encode_masks_rle_torch",
     "instances_to_coco",
     "instances_to_records",
     "mask_to_polygons",
+    "records_from_parts",
 ]
 
 MASK_FORMATS = ("rle", "polygon", None)
@@ -86,6 +91,45 @@ def encode_masks_rle(masks: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _compress_runs(counts: Sequence[int], height: int, width: int) -> dict[str, Any]:
+    """Uncompressed COCO run lengths (zeros first) -> the compressed RLE dict pycocotools writes."""
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": list(counts)}, height, width)
+    code = rle["counts"]
+    return {"size": [height, width], "counts": code.decode("ascii") if isinstance(code, bytes) else code}
+
+
+def encode_crop_rle(crop: MaskCrop) -> dict[str, Any]:
+    """The COCO RLE of ``crop.full()``, computed from the window alone (no full-size array).
+
+    COCO RLE runs over the image column by column. Inside column ``x0 + j`` the window's rows
+    ``y0 .. y0 + h - 1`` are the flat pixels ``(x0 + j) * H + y0 + i``; each run of ones of a
+    window column is such an interval, and runs that touch across a column boundary (a window
+    as tall as the image) are merged, exactly as pycocotools' encoder sees them.
+    """
+    height, width = crop.image_size
+    mask = np.asarray(crop.mask, dtype=bool)
+    total = height * width
+    if not mask.any():
+        return _compress_runs([total], height, width)
+    h, w = mask.shape
+    # Column-major, with a False row above and below each window column: +1 / -1 mark starts / ends.
+    padded = np.zeros((w, h + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask.T
+    edges = np.diff(padded, axis=1)
+    cols, rows = np.nonzero(edges)  # row-major over (column, row): the scan order of the image
+    base = (crop.x0 + cols.astype(np.int64)) * height + crop.y0 + rows
+    starts, ends = base[edges[cols, rows] > 0], base[edges[cols, rows] < 0]
+    touching = ends[:-1] == starts[1:]  # a run that continues in the next column
+    bounds = np.stack([starts, ends], axis=1)
+    keep = np.ones(bounds.shape, dtype=bool)
+    keep[:-1, 1] &= ~touching
+    keep[1:, 0] &= ~touching
+    counts = np.diff(np.concatenate(([0], bounds[keep], [total])))
+    if counts[-1] == 0:  # the mask ends with a run of ones: no closing run of zeros
+        counts = counts[:-1]
+    return _compress_runs(counts.tolist(), height, width)
+
+
 def encode_masks_rle_torch(masks: torch.Tensor) -> list[dict[str, Any]]:
     """(N, H, W) bool masks on any device -> N RLE dicts, equal to :func:`encode_masks_rle`'s.
 
@@ -110,9 +154,7 @@ def encode_masks_rle_torch(masks: torch.Tensor) -> list[dict[str, Any]]:
     for i in range(num):
         starts = where[ends[i] - per_mask[i]:ends[i], 1]
         counts = np.diff(np.concatenate(([0], starts, [height * width])))
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-        code = rle["counts"]
-        out.append({"size": [height, width], "counts": code.decode("ascii") if isinstance(code, bytes) else code})
+        out.append(_compress_runs(counts.tolist(), height, width))
     return out
 
 
@@ -149,6 +191,23 @@ def mask_to_polygons(mask: Any, min_points: int = 3) -> list[list[float]]:
             continue
         polygons.append([float(v) + 0.5 for v in points.reshape(-1)])
     return polygons
+
+
+def crop_to_polygons(crop: MaskCrop, min_points: int = 3) -> list[list[float]]:
+    """:func:`mask_to_polygons` of ``crop.full()``, from the window alone.
+
+    The window is traced with a one-pixel False border (what surrounds it in the full mask,
+    and what OpenCV assumes beyond an image's edge) and the points shifted by its offset, so
+    the polygons equal those of the full mask, in the same order.
+    """
+    h, w = crop.mask.shape
+    if h == 0 or w == 0:
+        return []
+    padded = np.zeros((h + 2, w + 2), dtype=np.uint8)
+    padded[1:-1, 1:-1] = crop.mask
+    polygons = mask_to_polygons(padded, min_points)
+    dx, dy = crop.x0 - 1, crop.y0 - 1
+    return [[v + (dx if k % 2 == 0 else dy) for k, v in enumerate(poly)] for poly in polygons]
 
 
 def _check_labels(labels: np.ndarray, num_classes: int) -> None:
@@ -231,12 +290,34 @@ def instances_to_records(
     kept = instances.above(score_thr).sorted_by_score()
     if max_instances is not None:
         kept = kept.select(slice(0, max(0, int(max_instances))))
-    labels = _to_numpy(kept.labels).astype(np.int64)
+    crops = None
+    if kept.masks is not None and mask_format is not None:
+        crops = (MaskCrop.from_full(mask) for mask in kept.masks)  # one (H, W) mask at a time
+    return records_from_parts(kept.boxes, kept.scores, kept.labels, class_names, category_ids,
+                              crops, mask_format, legacy_box=legacy_box)
+
+
+def records_from_parts(
+    boxes: Any,
+    scores: Any,
+    labels: Any,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+    masks: Iterable[MaskCrop] | None,
+    mask_format: str | None = "rle",
+    *,
+    legacy_box: bool = True,
+) -> list[dict[str, Any]]:
+    """The records of :func:`instances_to_records`, in the given order, from the instances'
+    fields and their masks as crops (consumed one at a time, so a lazy sequence such as
+    :class:`~anzoo.models.detection.postprocess.MaskCrops` never holds more than one mask)."""
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+    labels = _to_numpy(labels).astype(np.int64).reshape(-1)
     _check_labels(labels, len(category_ids))
-    xywh = boxes_to_xywh(kept.boxes, legacy_box)
-    scores = _to_numpy(kept.scores)
-    masks = _to_numpy(kept.masks) if (kept.masks is not None and mask_format is not None) else None
-    rles = encode_masks_rle(masks) if masks is not None and mask_format == "rle" else None
+    xywh = boxes_to_xywh(boxes, legacy_box)
+    scores = _to_numpy(scores).reshape(-1)
+    crops = iter(masks) if masks is not None and mask_format is not None else None
     records = []
     for i in range(len(labels)):
         record: dict[str, Any] = {
@@ -245,9 +326,8 @@ def instances_to_records(
             "score": float(scores[i]),
             "bbox": [float(v) for v in xywh[i]],
         }
-        if rles is not None:
-            record["segmentation"] = rles[i]
-        elif masks is not None:
-            record["segmentation"] = mask_to_polygons(masks[i])
+        if crops is not None:
+            crop = next(crops)
+            record["segmentation"] = encode_crop_rle(crop) if mask_format == "rle" else crop_to_polygons(crop)
         records.append(record)
     return records

@@ -2,16 +2,21 @@
 
 Request path of ``POST /segment``::
 
-    auth -> options (query, then multipart fields) -> body (streamed, size-limited)
-      -> [thread] header check (pixels, shape) -> decode -> preprocess
+    auth -> options (query) -> body (streamed: size limit, read deadline, buffered-bytes pool)
+      -> admission (requests in flight, expected queue wait)
+      -> [thread] header (format, pixels) -> decode-memory pool -> [thread] decode, preprocess
       -> DynamicBatcher (one worker thread; batches by (model, padded shape))
-           -> Predictor.detect_batch -> Predictor.paste
-      -> [thread] records (RLE / polygons) -> JSON bytes
+           -> Predictor.detect_batch -> Predictor.select (score_thr)
+      -> [thread] Predictor.rank (max_instances, pasted-area cap) -> masks pasted and encoded
+         one at a time (RLE / polygons), or drawn one at a time -> JSON / PNG bytes
 
 Decoding and encoding run in the threadpool, model work on the batcher's single worker, so
-the event loop only moves bytes. Every error a client can cause is an :class:`ApiError`
-answered as ``{"error": kind, "message": ..., "status": code}`` with a 4xx code; a full queue
-is a 503 with ``Retry-After``; a request waiting longer than the timeout gets a 504.
+the event loop only moves bytes. Memory per request grows with what is returned: no mask is
+ever pasted at full image size, and the instances are chosen before any pasting. Every error
+a client can cause is an :class:`ApiError` answered as ``{"error": kind, "message": ...,
+"status": code}`` with a 4xx code; a full queue, or one whose expected wait is over the
+timeout, is a 503 with ``Retry-After``; a request waiting longer than the timeout gets a 504;
+a body that stops arriving gets a 408; a client that goes away mid-upload is logged (499).
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,15 +46,17 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
+from ..data.images import ACCEPTED_FORMATS, DEFAULT_MAX_PIXELS, ImageHeader, decoded_bytes, load_image, \
+    read_image_header
 from ..data.transforms import TEST_SCALE, padded_shape, preprocess_image
-from ..errors import AnzooError, ImageError
+from ..errors import AnzooError, ImageError, UnsupportedImageFormatError
 from ..inference import Predictor
-from ..structures import Instances
-from ..visualize import draw_instances
+from ..models.detection.detections import Detections
 from .batching import DynamicBatcher, NotRunningError, QueueFullError
+from .limits import ByteBudget
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .schemas import (
     ErrorResponse,
@@ -81,6 +89,16 @@ class ServeSettings:
     request_timeout_s: float = 60.0
     max_body_bytes: int = 20_000_000
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: a request body may pause this long; it must also arrive within this long plus its size
+    #: over ``read_min_rate`` (bytes/s), else 408
+    read_timeout_s: float = 10.0
+    read_min_rate: float = 50_000.0
+    #: request bodies held in memory at once (being received, or waiting to be decoded)
+    max_buffered_bytes: int = 256_000_000
+    #: memory for images being decoded (estimated from their headers) and kept for drawing
+    decode_memory_bytes: int = 1_000_000_000
+    #: most pixels of pasted mask windows per request (the lowest-scoring instances past it are left out)
+    max_mask_pixels: int = 200_000_000
     #: None: read ``$ANZOO_API_KEY``; "" disables auth.
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -91,7 +109,10 @@ class ServeSettings:
     def __post_init__(self) -> None:
         checks = {"max_batch": self.max_batch >= 1, "max_queue": self.max_queue >= 1,
                   "max_wait_ms": self.max_wait_ms >= 0, "request_timeout_s": self.request_timeout_s > 0,
-                  "max_body_bytes": self.max_body_bytes > 0, "max_pixels": self.max_pixels > 0}
+                  "max_body_bytes": self.max_body_bytes > 0, "max_pixels": self.max_pixels > 0,
+                  "read_timeout_s": self.read_timeout_s > 0, "read_min_rate": self.read_min_rate > 0,
+                  "max_buffered_bytes": self.max_buffered_bytes > 0,
+                  "decode_memory_bytes": self.decode_memory_bytes > 0, "max_mask_pixels": self.max_mask_pixels > 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid server settings: {', '.join(bad)}")
@@ -106,6 +127,14 @@ class ApiError(Exception):
         self.kind = kind
         self.message = message
         self.headers = headers or {}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request was read (logged, answered 499)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the client disconnected after sending {received} bytes of its request body")
+        self.received = received
 
 
 def _error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -123,7 +152,7 @@ class _Prepared:
 
 @dataclass
 class _Inferred:
-    instances: Instances
+    detections: Detections  # those scoring at least score_thr, masks not pasted
     batch_size: int
     inference_s: float
 
@@ -150,10 +179,14 @@ class SegmentService:
         self.default_model = next(iter(self.predictors))
         #: requests past the admission check and not answered yet (touched on the event loop only)
         self.admitted = 0
+        #: admitted requests without their model result yet (decoding, queued or running)
+        self.inferring = 0
         self.batcher = DynamicBatcher(
             self._run_batch, max_batch=self.settings.max_batch,
             max_wait_s=self.settings.max_wait_ms / 1000.0, max_queue=self.settings.max_queue,
             startup=self._warmup, on_depth=self.metrics.queue_depth.set)
+        self.buffered = ByteBudget(self.settings.max_buffered_bytes)
+        self.decode_memory = ByteBudget(self.settings.decode_memory_bytes)
 
     # ------------------------------------------------------------ worker thread
     def _warmup(self) -> None:
@@ -166,7 +199,8 @@ class SegmentService:
             start = time.perf_counter()
             tensor, meta = preprocess_image(image, scale=predictor.scale)
             for det in predictor.detect_batch([tensor], [meta]):
-                predictor.paste(det, 0.0)
+                ranked, _ = predictor.rank(det, 0.0, None, self.settings.max_mask_pixels)
+                predictor.detection_records(ranked)
             log.info("warmed up %s on %s in %.2f s", model_id, predictor.device,
                      time.perf_counter() - start)
 
@@ -181,31 +215,39 @@ class SegmentService:
             log.warning("out of GPU memory on a batch of %d; running its images one by one", len(items))
             torch.cuda.empty_cache()
             return [self._run_batch(key, [it])[0] for it in items]
-        instances = [predictor.paste(det, it.score_thr) for det, it in zip(detections, items)]
+        kept = [predictor.select(det, it.score_thr) for det, it in zip(detections, items)]
         seconds = time.perf_counter() - start
         self.metrics.batch_size.observe(len(items), model=key[0])
         self.metrics.inference.observe(seconds, model=key[0])
-        return [_Inferred(inst, len(items), seconds) for inst in instances]
+        return [_Inferred(det, len(items), seconds) for det in kept]
 
     # ------------------------------------------------------------ threadpool work
-    def decode(self, data: bytes, model_id: str, keep_rgb: bool) -> _Decoded:
-        """Bytes -> preprocessed tensor (and the RGB image when rendering). Raises ApiError."""
-        start = time.perf_counter()
-        predictor = self.predictors[model_id]
-        limit = self.settings.max_pixels
+    def inspect(self, data: bytes) -> ImageHeader:
+        """The image's header, checked against the accepted formats and the pixel limit. Raises ApiError."""
         try:
-            height, width = read_image_size(data, name="image")
+            header = read_image_header(data, name="image")
+        except UnsupportedImageFormatError as exc:
+            raise ApiError(415, "unsupported_image_format", str(exc)) from exc
         except ImageError as exc:
             if isinstance(exc.__cause__, PIL.Image.DecompressionBombError):  # Pillow's own hard limit
                 raise ApiError(413, "too_many_pixels", str(exc)) from exc
             raise ApiError(400, "invalid_image", str(exc)) from exc
-        if width * height > limit:
+        limit = self.settings.max_pixels
+        if header.pixels > limit:
             raise ApiError(413, "too_many_pixels",
-                           f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                           f"image is {header.width}x{header.height} = {header.pixels} pixels, over the limit of "
                            f"{limit} pixels")
+        return header
+
+    def decode(self, data: bytes, model_id: str, keep_rgb: bool) -> _Decoded:
+        """Bytes -> preprocessed tensor (and the RGB image when rendering). Raises ApiError."""
+        start = time.perf_counter()
+        predictor = self.predictors[model_id]
         try:
-            rgb = load_image(data, max_pixels=limit, name="image")
+            rgb = load_image(data, max_pixels=self.settings.max_pixels, name="image")
             tensor, meta = preprocess_image(rgb, scale=predictor.scale)  # ImageError when too thin
+        except UnsupportedImageFormatError as exc:
+            raise ApiError(415, "unsupported_image_format", str(exc)) from exc
         except ImageError as exc:
             raise ApiError(400, "invalid_image", str(exc)) from exc
         return _Decoded(tensor, meta, rgb if keep_rgb else None, time.perf_counter() - start)
@@ -214,9 +256,12 @@ class SegmentService:
                     timing: dict[str, float]) -> bytes:
         start = time.perf_counter()
         predictor = self.predictors[model_id]
-        inst = inferred.instances
-        records = predictor.records(inst, score_thr=options.score_thr, mask_format=options.mask_format,
-                                    max_instances=options.max_instances)
+        det = inferred.detections
+        ranked, dropped = predictor.rank(det, options.score_thr, options.max_instances, self.settings.max_mask_pixels)
+        if dropped:
+            log.info("left out %d instances: their masks would cover more than %d pixels", dropped,
+                     self.settings.max_mask_pixels)
+        records = predictor.detection_records(ranked, mask_format=options.mask_format)
         instances = []
         for rec in records:
             mask = rec.pop("segmentation", None)
@@ -226,22 +271,36 @@ class SegmentService:
         timing["total_ms"] = (time.perf_counter() - timing.pop("_t0")) * 1000.0
         body = {
             "model": model_id,
-            "width": inst.image_size[1],
-            "height": inst.image_size[0],
+            "width": det.image_size[1],
+            "height": det.image_size[0],
             "mask_format": options.mask_format,
             "instances": instances,
+            "truncated": dropped > 0,
             "timing": {k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
         }
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
-    def render_png(self, model_id: str, options: SegmentOptions, rgb: np.ndarray, inferred: _Inferred) -> bytes:
+    def render_png(self, model_id: str, options: SegmentOptions, rgb: np.ndarray,
+                   inferred: _Inferred) -> tuple[bytes, int]:
+        """The PNG with the instances drawn (masks pasted one at a time) and how many were drawn."""
         predictor = self.predictors[model_id]
-        kept = inferred.instances.above(options.score_thr).sorted_by_score()
-        kept = kept.select(slice(0, options.max_instances))
-        image = draw_instances(rgb, kept, predictor.class_names())
+        ranked, _ = predictor.rank(inferred.detections, options.score_thr, options.max_instances,
+                                   self.settings.max_mask_pixels)
+        image = predictor.draw(rgb, ranked)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=3)
-        return buffer.getvalue()
+        return buffer.getvalue(), len(ranked)
+
+    def check_wait(self, budget_s: float, ahead: int | None = None) -> None:
+        """503 at once when the queue's expected wait (with ``ahead`` requests before this one;
+        default: the batcher's queue) is over what is left of the request's time."""
+        wait = self.batcher.expected_wait(ahead)
+        if wait > budget_s:
+            raise ApiError(503, "overloaded",
+                           f"the server is overloaded: a result would take {wait:.1f} s (the model queue's "
+                           f"expected wait), over the {self.settings.request_timeout_s:g} s a request may take; "
+                           "retry later",
+                           {"Retry-After": str(max(self.settings.retry_after_s, math.ceil(wait - budget_s)))})
 
     # ------------------------------------------------------------ info
     def models_info(self) -> list[ModelInfo]:
@@ -344,30 +403,80 @@ def _describe_validation(errors: list[Any], raw: Mapping[str, Any] | None = None
     return "; ".join(parts) or "invalid request"
 
 
-async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
-        yield chunk
+@dataclass
+class _Body:
+    """The bytes of a request body being read, and its share of the buffered-bytes pool."""
+
+    settings: ServeSettings
+    pool: ByteBudget
+    reserved: int = 0
+    received: int = 0
+    data: bytes = b""  # the image, once read (handed on with take(), so that it can be freed)
+
+    def take(self) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+    def reserve(self, amount: int) -> None:
+        if amount > self.reserved:
+            if not self.pool.try_acquire(amount - self.reserved):
+                raise ApiError(503, "busy", "the server is receiving too many uploads at once; retry shortly",
+                               {"Retry-After": str(self.settings.retry_after_s), "Connection": "close"})
+            self.reserved = amount
+
+    def release(self) -> None:
+        self.pool.release(self.reserved)
+        self.reserved = 0
+
+    async def chunks(self, request: Request) -> AsyncIterator[bytes]:
+        """The body's chunks, within its size limit and its deadline: no pause longer than
+        ``read_timeout_s``, and all of it within ``read_timeout_s`` + its size / ``read_min_rate``."""
+        settings, limit = self.settings, self.settings.max_body_bytes
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stream = request.stream().__aiter__()
+        while True:
+            elapsed = loop.time() - start
+            allowed = settings.read_timeout_s + self.received / settings.read_min_rate - elapsed
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, min(settings.read_timeout_s, allowed)))
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise ApiError(408, "read_timeout",
+                               f"the request body did not arrive in time: {self.received} bytes in "
+                               f"{loop.time() - start:.1f} s (the server waits {settings.read_timeout_s:g} s at "
+                               f"most for each part and needs {settings.read_min_rate / 1000:g} kB/s on average)",
+                               {"Connection": "close"}) from None
+            except ClientDisconnect:
+                raise ClientGone(self.received) from None
+            self.received += len(chunk)
+            if self.received > limit:
+                raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes",
+                               {"Connection": "close"})
+            self.reserve(self.received)
+            yield chunk
 
 
-async def _read_image(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
+async def _read_image(request: Request, body: _Body) -> tuple[bytes, dict[str, str]]:
     """The image bytes and the option fields of a multipart body (or of none, for a raw body)."""
+    limit = body.settings.max_body_bytes
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError(413, "body_too_large",
-                       f"request body is {int(length)} bytes, over the limit of {limit} bytes")
+    if length is not None and length.isdigit():
+        if int(length) > limit:
+            raise ApiError(413, "body_too_large",
+                           f"request body is {int(length)} bytes, over the limit of {limit} bytes",
+                           {"Connection": "close"})
+        body.reserve(int(length))
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
-        parser = MultiPartParser(request.headers, _limited_stream(request, limit), max_files=1,
+        parser = MultiPartParser(request.headers, body.chunks(request), max_files=1,
                                  max_fields=len(SegmentOptions.model_fields) + 1,
                                  max_part_size=64 * 1024)
         try:
             form = await parser.parse()
-        except ApiError:
+        except (ApiError, ClientGone):
             raise
         except MultiPartException as exc:
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
@@ -393,7 +502,7 @@ async def _read_image(request: Request, limit: int) -> tuple[bytes, dict[str, st
         raise ApiError(415, "unsupported_media_type",
                        f"unsupported Content-Type '{media_type}': send the image as the multipart field "
                        "'image', or as the raw body with Content-Type image/* (e.g. image/jpeg)")
-    chunks = [chunk async for chunk in _limited_stream(request, limit)]
+    chunks = [chunk async for chunk in body.chunks(request)]
     return b"".join(chunks), {}
 
 
@@ -402,10 +511,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
         400: "Not an image, truncated or empty image, malformed body, unknown model.",
         401: "Missing or wrong API key (when the server has one).",
+        408: "The body did not arrive in time (a pause over --read-timeout, or too slow on average).",
         413: "Body over the size limit, or image over the pixel limit.",
-        415: "Body is neither multipart/form-data nor image/*.",
+        415: "Body is neither multipart/form-data nor image/*, or the image is in a format that is not "
+             f"accepted (accepted: {', '.join(ACCEPTED_FORMATS)}).",
         422: "An option has a bad value.",
-        503: "Queue full or models not ready (see Retry-After).",
+        503: "Queue full, expected wait over the timeout, too many uploads, or models not ready "
+             "(see Retry-After).",
         504: "The request waited longer than the server's timeout.",
     }.items()
 }
@@ -418,7 +530,7 @@ IMAGE_BODY = {
                 "type": "object",
                 "required": ["image"],
                 "properties": {"image": {"type": "string", "format": "binary",
-                                         "description": "The image file (JPEG, PNG, WebP, BMP, TIFF)."}},
+                                         "description": "The image file (JPEG, PNG, WebP, BMP, TIFF, GIF)."}},
             }
         },
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -490,6 +602,13 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
         metrics.errors.inc(kind=kind)
         return _error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        # Nobody reads this answer; the status (nginx's 499) is for the logs and the metrics.
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        metrics.errors.inc(kind="client_disconnected")
+        return Response(status_code=499)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
@@ -507,32 +626,71 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
         if not service.batcher.ready.is_set():
             raise ApiError(503, "not_ready", "the models are still loading; retry shortly",
                            {"Retry-After": str(max(settings.retry_after_s, 5))})
-        # Admission: bodies are read only for requests the queue can take, which bounds memory.
-        if service.admitted >= settings.max_queue + settings.max_batch:
-            raise ApiError(503, "queue_full", "the server is busy (its queue is full); retry shortly",
-                           {"Retry-After": str(settings.retry_after_s)})
-        service.admitted += 1
+        # The body is read before admission, under its own deadline and the buffered-bytes
+        # pool: a slow or stalled upload never holds a place in the model's queue.
+        body = _Body(settings, service.buffered)
         try:
-            return await _segment_admitted(request, render, t0, query)
+            body.data, fields = await _read_image(request, body)
+            both = sorted(set(query) & set(fields))
+            if both:
+                raise ApiError(400, "bad_option", f"option(s) {', '.join(both)} given both in the query and the form")
+            options = _validate_options({**query, **fields})
+            model_id = options.model or service.default_model
+            if model_id not in service.predictors:
+                raise ApiError(400, "unknown_model", f"unknown model '{model_id}': this server runs "
+                               f"{', '.join(service.predictors)} (see GET /models)")
+            if not body.data:
+                raise ApiError(400, "empty_body", "no image data: the image is empty (0 bytes)")
+            # Admission: requests between their body and their answer are bounded, which bounds memory.
+            if service.admitted >= settings.max_queue + settings.max_batch:
+                raise ApiError(503, "queue_full", "the server is busy (its queue is full); retry shortly",
+                               {"Retry-After": str(settings.retry_after_s)})
+            # Expected wait: every admitted request still without its result is ahead of this one.
+            service.check_wait(settings.request_timeout_s, ahead=service.inferring)
+            service.admitted += 1
+            service.inferring += 1
+            inferring = [True]
+
+            def inferred() -> None:  # once this request's model result is in (or never will be)
+                if inferring[0]:
+                    inferring[0] = False
+                    service.inferring -= 1
+
+            try:
+                return await _segment_admitted(render, t0, options, model_id, body, inferred)
+            finally:
+                service.admitted -= 1
+                inferred()
         finally:
-            service.admitted -= 1
+            body.release()
 
-    async def _segment_admitted(request: Request, render: bool, t0: float, query: dict[str, str]) -> Response:
-        data, fields = await _read_image(request, settings.max_body_bytes)
-        both = sorted(set(query) & set(fields))
-        if both:
-            raise ApiError(400, "bad_option", f"option(s) {', '.join(both)} given both in the query and the form")
-        options = _validate_options({**query, **fields})
-        model_id = options.model or service.default_model
-        if model_id not in service.predictors:
-            raise ApiError(400, "unknown_model", f"unknown model '{model_id}': this server runs "
-                           f"{', '.join(service.predictors)} (see GET /models)")
-        if not data:
-            raise ApiError(400, "empty_body", "no image data: the image is empty (0 bytes)")
+    async def _segment_admitted(render: bool, t0: float, options: SegmentOptions, model_id: str,
+                                body: _Body, inferred: Callable[[], None]) -> Response:
+        deadline = time.perf_counter() + settings.request_timeout_s  # the model's time starts now
+        data = body.take()
+        header = await asyncio.to_thread(service.inspect, data)
+        keep_bytes = 6 * header.pixels if render else 0  # the photo and its drawn copy, until the PNG is made
+        decode_bytes = max(decoded_bytes(header), keep_bytes)
+        try:
+            await service.decode_memory.acquire(decode_bytes, deadline - time.perf_counter())
+        except asyncio.TimeoutError:
+            raise ApiError(503, "busy", "the server is decoding too many images at once; retry shortly",
+                           {"Retry-After": str(settings.retry_after_s)}) from None
+        try:
+            try:
+                decoded = await asyncio.to_thread(service.decode, data, model_id, render)
+            finally:
+                del data
+                body.release()  # the encoded bytes are no longer held
+                service.decode_memory.release(decode_bytes - keep_bytes)
+            return await _infer_and_answer(render, t0, deadline, options, model_id, decoded, inferred)
+        finally:
+            service.decode_memory.release(keep_bytes)
 
-        decoded = await asyncio.to_thread(service.decode, data, model_id, render)
-        del data
+    async def _infer_and_answer(render: bool, t0: float, deadline: float, options: SegmentOptions,
+                                model_id: str, decoded: _Decoded, done: Callable[[], None]) -> Response:
         key = (model_id, padded_shape(*decoded.meta.img_shape))
+        service.check_wait(deadline - time.perf_counter())  # the queue as it is now, decoding took time
         try:
             job = service.batcher.submit(key, _Prepared(decoded.tensor, decoded.meta, options.score_thr))
         except QueueFullError as exc:
@@ -540,9 +698,9 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
                            {"Retry-After": str(settings.retry_after_s)}) from exc
         except NotRunningError as exc:
             raise ApiError(503, "not_ready", str(exc), {"Retry-After": str(settings.retry_after_s)}) from exc
-        budget = settings.request_timeout_s - (time.perf_counter() - t0)
         try:
-            inferred: _Inferred = await asyncio.wait_for(asyncio.wrap_future(job.future), max(budget, 0.001))
+            inferred: _Inferred = await asyncio.wait_for(asyncio.wrap_future(job.future),
+                                                         max(deadline - time.perf_counter(), 0.001))
         except asyncio.TimeoutError as exc:
             job.future.cancel()
             raise ApiError(504, "timeout", f"no result within the server's timeout of "
@@ -553,6 +711,8 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
             if job.future.cancelled() and not cancelling:  # the batcher stopped: shutting down
                 raise ApiError(503, "shutting_down", "the server is shutting down") from None
             raise
+        finally:
+            done()
         timing = {
             "_t0": t0,
             "decode_ms": decoded.seconds * 1000.0,
@@ -561,14 +721,13 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
             "batch_size": inferred.batch_size,
         }
         if render:
-            png = await asyncio.to_thread(service.render_png, model_id, options, decoded.rgb, inferred)
+            png, drawn = await asyncio.to_thread(service.render_png, model_id, options, decoded.rgb, inferred)
             total = (time.perf_counter() - t0) * 1000.0
             server_timing = (f"decode;dur={timing['decode_ms']:.1f}, queue;dur={timing['queue_ms']:.1f}, "
                              f"inference;dur={timing['inference_ms']:.1f}, total;dur={total:.1f}")
-            kept = int((inferred.instances.scores >= options.score_thr).sum())
             return Response(png, media_type="image/png",
                             headers={"Server-Timing": server_timing, "X-Model": model_id,
-                                     "X-Instances": str(min(kept, options.max_instances))})
+                                     "X-Instances": str(drawn)})
         body = await asyncio.to_thread(service.encode_json, model_id, options, inferred, timing)
         return Response(body, media_type="application/json")
 

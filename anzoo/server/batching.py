@@ -13,6 +13,10 @@ blocks: when ``max_queue`` jobs are waiting it raises :class:`QueueFullError`.
 
 Results travel through :class:`concurrent.futures.Future`: a caller that gives up cancels
 its future, and the worker skips cancelled jobs (``set_running_or_notify_cancel``).
+
+The worker measures how long a job takes (a batch's time over its size, averaged over recent
+batches); :meth:`DynamicBatcher.expected_wait` turns it into the wait a job submitted now can
+expect, so that callers can refuse work that would time out anyway.
 """
 from __future__ import annotations
 
@@ -85,6 +89,9 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
+        #: measured seconds per job (exponential average over batches); None until one ran
+        self.job_seconds: float | None = None
+        self._running_jobs = 0
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
@@ -111,6 +118,16 @@ class DynamicBatcher:
     def depth(self) -> int:
         with self._cond:
             return len(self._pending)
+
+    def expected_wait(self, ahead: int | None = None) -> float:
+        """Seconds until the result of a job submitted now, from the measured time per job: the
+        jobs ahead of it (default: those waiting or running; a caller may count more) and its
+        own. 0 when none is ahead (a job on an idle worker is never refused) or before the
+        first measurement."""
+        if ahead is None:
+            with self._cond:
+                ahead = len(self._pending) + self._running_jobs
+        return (self.job_seconds or 0.0) * (ahead + 1) if ahead else 0.0
 
     # ------------------------------------------------------------------ submit
     def submit(self, key: Hashable, payload: Any) -> Job:
@@ -175,6 +192,8 @@ class DynamicBatcher:
         started = time.perf_counter()
         for job in batch:
             job.started_at = started
+        with self._cond:
+            self._running_jobs = len(batch)
         try:
             results = list(self.run_batch(batch[0].key, [job.payload for job in batch]))
             if len(results) != len(batch):
@@ -184,11 +203,21 @@ class DynamicBatcher:
             for job in batch:
                 job.future.set_exception(exc)
             return
+        finally:
+            self._measured(time.perf_counter() - started, len(batch))
         for job, result in zip(batch, results):
             if isinstance(result, BaseException):
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+    def _measured(self, seconds: float, jobs: int) -> None:
+        per_job = seconds / jobs
+        with self._cond:
+            self._running_jobs = 0
+            previous = self.job_seconds
+            # Recent batches weigh most: the load (batch sizes, image sizes) changes over time.
+            self.job_seconds = per_job if previous is None else 0.7 * previous + 0.3 * per_job
 
     def _main(self) -> None:
         try:

@@ -1,10 +1,12 @@
-"""Running the app under uvicorn in a background thread (tests, benchmarks, notebooks).
+"""Running the app under uvicorn in a background thread (tests, benchmarks, notebooks), and
+checking that an address can be listened on before anything slow starts (``anzoo serve``).
 
 ``anzoo serve`` runs uvicorn in the foreground; this is for code that needs the server and
 something else in one process. Loopback only, a free port, bounded waits.
 """
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import threading
@@ -15,7 +17,24 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["BackgroundServer", "wait_ready"]
+from ..errors import AnzooError
+
+__all__ = ["BackgroundServer", "check_listen_address", "wait_ready"]
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise AnzooError when ``host:port`` cannot be listened on (the port is in use, the host
+    is not an address of this machine, no permission), binding as uvicorn will."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AnzooError(f"port {port} on {host} is in use (is another server running there?); "
+                                 "choose another with --port") from exc
+            raise AnzooError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> dict[str, Any]:

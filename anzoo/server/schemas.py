@@ -63,8 +63,8 @@ class Instance(BaseModel):
 class Timing(BaseModel):
     decode_ms: float = Field(..., description="Image decoding and preprocessing.")
     queue_ms: float = Field(..., description="Waiting for the model worker (and batch mates).")
-    inference_ms: float = Field(..., description="Forward pass and mask pasting of the batch.")
-    encode_ms: float = Field(..., description="Encoding the masks and the response.")
+    inference_ms: float = Field(..., description="Forward pass of the batch.")
+    encode_ms: float = Field(..., description="Pasting and encoding the masks, and the response.")
     total_ms: float = Field(..., description="From request received to response ready.")
     batch_size: int = Field(..., description="Images in the forward pass this one was part of.")
 
@@ -77,6 +77,10 @@ class SegmentResponse(BaseModel):
     height: int
     mask_format: Literal["rle", "polygon"]
     instances: list[Instance]
+    truncated: bool = Field(
+        False, description="True when lower-scoring instances were left out because the masks of the "
+                           "instances asked for would cover more pixels than the server pastes per request "
+                           "(its --max-mask-mpx); ask for fewer (max_instances, score_thr).")
     timing: Timing
 
 

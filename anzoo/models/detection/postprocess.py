@@ -3,6 +3,8 @@
 * :func:`multiclass_nms` - ``core/post_processing/bbox_nms.py``;
 * :func:`paste_masks_legacy` - ``FCNMaskHead.get_seg_masks`` (OpenCV resize per box);
 * :func:`paste_masks_fast` - the same masks from one batched PyTorch computation;
+* :func:`paste_mask_crops` - the same masks one at a time, each only as its window of the
+  image (:class:`anzoo.structures.MaskCrop`), so that no (N, H, W) array is ever built;
 * :func:`legacy_rescale_boxes` - resized-image boxes to original-image pixels as the
   reference's CUDA division did;
 * :func:`legacy_mask_boxes` - the float round trip the reference puts the boxes through
@@ -10,11 +12,15 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import overload
+
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
+from ...structures import MaskCrop
 from .box_ops import legacy_batched_nms
 
 __all__ = [
@@ -24,6 +30,9 @@ __all__ = [
     "legacy_mask_boxes",
     "legacy_rescale_boxes",
     "legacy_paste_windows",
+    "clipped_paste_windows",
+    "paste_mask_crops",
+    "MaskCrops",
 ]
 
 
@@ -158,19 +167,95 @@ def paste_masks_legacy(
     img_h, img_w = int(image_size[0]), int(image_size[1])
     num = mask_probs.shape[0]
     out = np.zeros((num, img_h, img_w), dtype=bool)
-    if num:
-        probs = mask_probs.detach().float().cpu().numpy()
-        x1s, y1s, ws, hs = (t.cpu().tolist() for t in legacy_paste_windows(boxes.detach().float()))
-        for i in range(num):
-            x1, y1, w, h = x1s[i], y1s[i], ws[i], hs[i]
-            resized = cv2.resize(probs[i], (w, h), interpolation=cv2.INTER_LINEAR) > threshold
-            resized = resized.reshape(h, w)  # cv2 drops singleton dims
-            cx1, cy1 = max(x1, 0), max(y1, 0)
-            cx2, cy2 = min(x1 + w, img_w), min(y1 + h, img_h)
-            if cx1 >= cx2 or cy1 >= cy2:
-                continue
-            out[i, cy1:cy2, cx1:cx2] = resized[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1]
+    crops = paste_mask_crops(mask_probs, boxes, image_size, mode="legacy", threshold=threshold)
+    for i in range(num):
+        crop = crops[i]
+        h, w = crop.mask.shape
+        out[i, crop.y0:crop.y0 + h, crop.x0:crop.x0 + w] = crop.mask
     return torch.from_numpy(out).to(mask_probs.device)
+
+
+def _legacy_crop(prob: np.ndarray, x1: int, y1: int, w: int, h: int, img_h: int, img_w: int,
+                 threshold: float) -> tuple[int, int, np.ndarray]:
+    """One box of :func:`paste_masks_legacy`: (x, y, mask) of its window inside the image."""
+    cx1, cy1 = min(max(x1, 0), img_w), min(max(y1, 0), img_h)
+    cx2, cy2 = max(min(x1 + w, img_w), cx1), max(min(y1 + h, img_h), cy1)
+    if cx1 >= cx2 or cy1 >= cy2:  # the window is outside the image: an empty mask
+        return cx1, cy1, np.zeros((0, 0), dtype=bool)
+    resized = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) > threshold
+    resized = resized.reshape(h, w)  # cv2 drops singleton dims
+    return cx1, cy1, resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+
+
+def clipped_paste_windows(boxes: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The part of each :func:`legacy_paste_windows` window inside the image: ``x, y, w, h``
+    (int64; ``w`` or ``h`` is 0 for a window outside the image). ``w * h`` is what pasting the
+    box costs, known before any pasting."""
+    img_h, img_w = int(image_size[0]), int(image_size[1])
+    x1, y1, w, h = legacy_paste_windows(boxes.float())
+    cx1, cy1 = x1.clamp(0, img_w), y1.clamp(0, img_h)
+    win_w = ((x1 + w).clamp(0, img_w) - cx1).clamp(min=0)
+    win_h = ((y1 + h).clamp(0, img_h) - cy1).clamp(min=0)
+    return cx1, cy1, win_w, win_h
+
+
+class MaskCrops(Sequence[MaskCrop]):
+    """The pasted masks of N detections, pasted one at a time when indexed (nothing is kept).
+
+    ``crops[i]`` is box i's mask as a :class:`~anzoo.structures.MaskCrop` (its window clipped
+    to the image), equal to that window of :func:`paste_masks_legacy` ('legacy') or
+    :func:`paste_masks_fast` ('fast', computed on the probabilities' device) of all boxes.
+    ``areas`` are the windows' sizes in pixels, known without pasting.
+    """
+
+    def __init__(self, mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int],
+                 mode: str = "legacy", threshold: float = 0.5) -> None:
+        if mode not in ("legacy", "fast"):
+            raise ValueError(f"mode must be 'legacy' or 'fast', got {mode!r}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.mode = mode
+        self.threshold = threshold
+        self._probs = mask_probs.detach()
+        self._boxes = boxes.detach().float()
+        if mode == "legacy":
+            self._probs_np = self._probs.float().cpu().numpy()
+            self._windows = [t.cpu().tolist() for t in legacy_paste_windows(self._boxes.cpu())]
+        clipped = clipped_paste_windows(self._boxes, self.image_size)
+        self._clipped = [t.cpu().tolist() for t in clipped]
+        self.areas: list[int] = [w * h for w, h in zip(self._clipped[2], self._clipped[3])]
+
+    def __len__(self) -> int:
+        return int(self._probs.shape[0])
+
+    @overload
+    def __getitem__(self, index: int) -> MaskCrop: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[MaskCrop]: ...
+
+    def __getitem__(self, index: int | slice) -> MaskCrop | Sequence[MaskCrop]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]
+        img_h, img_w = self.image_size
+        if self.mode == "legacy":
+            x1, y1, w, h = (self._windows[k][i] for k in range(4))
+            x, y, mask = _legacy_crop(self._probs_np[i], x1, y1, w, h, img_h, img_w, self.threshold)
+            return MaskCrop(x, y, mask, self.image_size)
+        x, y, w, h = (self._clipped[k][i] for k in range(4))
+        if w == 0 or h == 0:
+            return MaskCrop(x, y, np.zeros((0, 0), dtype=bool), self.image_size)
+        # The same paste into an image that is just the window: every coordinate shifts by an
+        # integer, which float32 keeps exact below 2**24, so the taps and windows are the same.
+        shift = torch.tensor([x, y, x, y], dtype=torch.float32, device=self._boxes.device)
+        mask = paste_masks_fast(self._probs[i:i + 1], self._boxes[i:i + 1] - shift, (h, w), self.threshold)
+        return MaskCrop(x, y, mask[0].cpu().numpy(), self.image_size)
+
+
+def paste_mask_crops(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], mode: str = "legacy",
+                     threshold: float = 0.5) -> MaskCrops:
+    """The masks of :func:`paste_masks_legacy` (or ``_fast``) as lazily pasted crops, see :class:`MaskCrops`."""
+    return MaskCrops(mask_probs, boxes, image_size, mode, threshold)
 
 
 def _linear_taps(
@@ -262,9 +347,7 @@ def paste_masks_fast(
         return flat[:-1].view(num, img_h, img_w)
     probs = mask_probs.float()
     x1, y1, w, h = legacy_paste_windows(boxes.float())
-    cx1, cy1 = x1.clamp(0, img_w), y1.clamp(0, img_h)
-    win_w = ((x1 + w).clamp(0, img_w) - cx1).clamp(min=0)
-    win_h = ((y1 + h).clamp(0, img_h) - cy1).clamp(min=0)
+    cx1, cy1, win_w, win_h = clipped_paste_windows(boxes, image_size)
     sizes = torch.stack([win_h, win_w]).tolist()
     for members in _plan_chunks(sizes[0], sizes[1], max_elements):
         max_h = max(sizes[0][i] for i in members)
