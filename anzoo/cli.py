@@ -110,6 +110,9 @@ BackboneFlagOpt = Annotated[bool, typer.Option(
 #: bounds of the --scale / --img-scale sides: a 0 would resize images to nothing, a huge one
 #: would ask OpenCV for more memory than any machine has (a traceback, not an error message)
 SCALE_MIN, SCALE_MAX = 32, 4096
+#: training's smallest side limit: from scratch (BatchNorm on batch statistics) with one image
+#: per process, a 32-pixel image leaves one value per channel at stride 32 and BatchNorm raises
+TRAIN_SCALE_MIN = 64
 
 DETECTOR_LABELS = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}
 BACKBONE_LABELS = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "aognet12m": "AOGNet-12m",
@@ -701,7 +704,7 @@ def train_cmd(
         "--max-iters", min=1, help="Stop after this many iterations in all (a checkpoint is written).",
         show_default=False)] = None,
     img_scale: Annotated[tuple[int, int], typer.Option(
-        "--img-scale", min=SCALE_MIN, max=SCALE_MAX,
+        "--img-scale", min=TRAIN_SCALE_MIN, max=SCALE_MAX,
         help="Training resize: longest and shortest side limits.")] = (1333, 800),
     eval_every: Annotated[int, typer.Option(
         "--eval-every", min=0, help="Evaluate on the val2017 pair every K epochs (0: never).")] = 1,
