@@ -90,6 +90,15 @@ def test_cli_eval_scores_the_ground_truth_ap_1(dataset: Path, tmp_path: Path,
     assert metrics["num_images"] == 6 and not metrics["partial"]
 
 
+def test_a_partial_run_scores_only_the_images_it_saw(dataset: Path, tmp_path: Path) -> None:
+    """--limit 3: the objects of the other images are not counted as missed."""
+    result = run(oracle_for(ann_file(dataset)), dataset, tmp_path, limit=3)
+    assert result.partial and result.num_images == 3
+    for iou_type in ("bbox", "segm"):
+        assert result.metrics[iou_type]["AP"] == pytest.approx(1.0, abs=1e-12), iou_type
+        assert result.metrics[iou_type]["AR100"] == pytest.approx(1.0, abs=1e-12), iou_type
+
+
 # --------------------------------------------------------------------------- known perturbations
 def _cut_box(box: list[float]) -> tuple[list[float], float]:
     """The box shortened along its longer side so that its IoU with the original is in
