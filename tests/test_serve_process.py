@@ -9,7 +9,6 @@ level: the released 1000-proposal settings then cost five RoIs, a fraction of a 
 """
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -20,14 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import anzoo
 from anzoo.factory import save_model
 from anzoo.testing import confident_model
+
+from pictures import noise_png
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 
@@ -87,12 +86,6 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> dict:
     raise AssertionError(f"not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-def png(height: int, width: int) -> bytes:
-    rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
 
 def test_anzoo_serve_process(server: tuple[subprocess.Popen, str, Path]) -> None:
     proc, url, log = server
@@ -101,7 +94,7 @@ def test_anzoo_serve_process(server: tuple[subprocess.Popen, str, Path]) -> None
         assert client.get(f"{url}/healthz").json() == {"status": "ok"}
         (model,) = client.get(f"{url}/models").json()["models"]
         assert (model["id"], model["device"], model["scale"]) == ("r50-bn", "cpu", [128, 96])
-        response = client.post(f"{url}/segment?score_thr=0.05", content=png(90, 120),
+        response = client.post(f"{url}/segment?score_thr=0.05", content=noise_png(90, 120),
                                headers={"Content-Type": "image/png"})
         assert response.status_code == 200, response.text
         body = response.json()

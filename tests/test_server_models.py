@@ -21,6 +21,8 @@ from anzoo.server.app import create_app
 from anzoo.server.runner import BackgroundServer
 from anzoo.testing import confident_model
 
+from pictures import noise_png
+
 SCALE = (96, 64)
 PNG_HEADERS = {"Content-Type": "image/png"}
 #: two models of different architectures that favour different classes: person and car
@@ -39,14 +41,8 @@ def models() -> dict[str, torch.nn.Module]:
     return out
 
 
-def png(height: int, width: int, seed: int) -> bytes:
-    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
-
-IMAGE = png(60, 80, seed=0)
+IMAGE = noise_png(60, 80, seed=0)
 
 
 def post_all(url: str, requests: Sequence[tuple[str, bytes]]) -> list[httpx.Response]:

@@ -7,7 +7,6 @@ image of exactly ``max_pixels`` are served, one byte or one pixel more is refuse
 """
 from __future__ import annotations
 
-import io
 import math
 import time
 import typing
@@ -16,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import annotated_types
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from anzoo.server.app import create_app
 from anzoo.server.schemas import SegmentOptions
 from anzoo.testing import confident_model
+
+from pictures import noise_png
 
 MODEL_ID = "r50-bn"
 SCALE = (96, 64)
@@ -32,14 +31,8 @@ SCALE = (96, 64)
 pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
 
 
-def png(height: int, width: int, seed: int = 0) -> bytes:
-    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
-
-IMAGE = png(60, 80)
+IMAGE = noise_png(60, 80)
 
 
 @dataclass(frozen=True)

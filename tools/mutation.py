@@ -203,8 +203,8 @@ def run_mutant(mutant: Mutant, tree: Path, timeout: float, python: str) -> Outco
     for old, _ in mutant.replacements:
         if source.count(old) != 1:
             return Outcome(mutant, "stale", 0.0, tests, f"{old!r} found {source.count(old)} times")
-    if not tests:
-        return Outcome(mutant, "no tests", 0.0, tests)
+    if not tests:  # nothing in this tree could catch it
+        return Outcome(mutant, "survived", 0.0, tests, "(none of its test files is in this tree)")
     for old, new in mutant.replacements:
         source = source.replace(old, new)
     start = time.perf_counter()

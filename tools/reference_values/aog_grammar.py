@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verdict import report  # noqa: E402
+
 RULES = {"shorter_left": 1, "longer_left": 2}
 TYPES = {"OrNode": "O", "AndNode": "A", "TerminalNode": "T"}
 FIVE = {"shorter_left": (10, 13, 18), "longer_left": (9, 15, 18)}  # the width-5 nodes the test quotes
@@ -111,9 +114,7 @@ def main() -> None:
     v = values(args.ref)
     print_values(v)
     if args.check:
-        problems = check(v)
-        print("check: " + ("the test stores these values" if not problems else f"differ: {', '.join(problems)}"))
-        sys.exit(1 if problems else 0)
+        report(check(v))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verdict import report  # noqa: E402
+
 CONFIGS = {"aognet12m-bn": "aognet-12m-imagenet.yaml", "aognet12m-an": "aognet-12m-an-imagenet.yaml"}
 INDICES = [0, 1, 2, 3, 4, 5, 500, 999]
 
@@ -77,10 +80,8 @@ def main() -> None:
             # the test's tolerance: rtol 1e-7 and atol 1e-7 x the largest logit
             scale = max(map(abs, values))
             worst = max(worst, max(abs(a - b) / (1e-7 * (abs(b) + scale)) for a, b in zip(logits, values)))
-        ok = worst <= 1.0
-        print(f"check: {'the test stores these values' if ok else 'differ'} (worst difference "
-              f"{worst:.2g} of the test's tolerance)")
-        sys.exit(0 if ok else 1)
+        print(f"worst difference: {worst:.2g} of the test's tolerance")
+        report([] if worst <= 1.0 else ["logits"])
 
 
 if __name__ == "__main__":
