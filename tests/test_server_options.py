@@ -204,3 +204,18 @@ def test_max_instances_keeps_the_best(client: TestClient) -> None:
     assert len(everything["instances"]) > 1
     assert top["instances"] == everything["instances"][:1]
     assert not math.isnan(top["instances"][0]["score"])
+
+
+def test_score_thr_keeps_an_instance_scoring_exactly_it(client: TestClient) -> None:
+    """score_thr means "at least": an instance scoring exactly the threshold is kept, by
+    /segment and by /segment/render (its X-Instances count and its drawing)."""
+    everything = client.post("/segment?score_thr=0", content=IMAGE, headers={"Content-Type": "image/png"}).json()
+    top = everything["instances"][0]["score"]
+    at = client.post("/segment", params={"score_thr": repr(top)}, content=IMAGE,
+                     headers={"Content-Type": "image/png"}).json()
+    assert [i["score"] for i in at["instances"]] == [s for s in (i["score"] for i in everything["instances"])
+                                                      if s >= top]
+    assert at["instances"][0]["score"] == top
+    rendered = client.post("/segment/render", params={"score_thr": repr(top)}, content=IMAGE,
+                           headers={"Content-Type": "image/png"})
+    assert rendered.status_code == 200 and int(rendered.headers["x-instances"]) == len(at["instances"])

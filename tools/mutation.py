@@ -181,6 +181,22 @@ MUTANTS: tuple[Mutant, ...] = (
       (("if (train_ann is None) != (train_images is None):", "if train_ann is not None and train_images is None:"),),
       ("tests/test_cli_options.py::test_train_option_checks",),
       "anzoo train --train-images without --train-ann gets past the option check"),
+    # ------------------------------------------------------------ added after the tests were written,
+    # not aimed at by them (a check that the kill rate is not only the table's); the third survived
+    # and got a test (test_server_options.py::test_score_thr_keeps_an_instance_scoring_exactly_it)
+    M("results-height-without-plus-one", "data/results.py",
+      (("xywh[:, 3] = xyxy[:, 3] - xyxy[:, 1] + extra", "xywh[:, 3] = xyxy[:, 3] - xyxy[:, 1]"),),
+      ("tests/test_results.py", "tests/test_eval_oracle.py", "tests/test_eval.py"),
+      "COCO boxes: the height without mmdetection v1's +1 (the width keeps it)"),
+    M("predictor-batches-mixed-shapes", "inference.py",
+      (("groups[padded_shape(*meta.img_shape)].append(i)", "groups[(0, 0)].append(i)"),),
+      ("tests/test_detectors.py", "tests/test_cli_predict.py"),
+      "the predictor batches images of different padded shapes (AN statistics change)"),
+    M("render-counts-instances-above", "server/app.py",
+      (("kept = int((inferred.instances.scores >= options.score_thr).sum())",
+        "kept = int((inferred.instances.scores > options.score_thr).sum())"),),
+      ("tests/test_server_options.py", "tests/test_server.py"),
+      "X-Instances of /segment/render leaves out instances scoring exactly score_thr"),
 )
 
 
