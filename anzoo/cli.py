@@ -107,6 +107,13 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Download again even if 
 BackboneFlagOpt = Annotated[bool, typer.Option(
     "--backbone", help="The ids name ImageNet backbones (`anzoo list --imagenet`), not detectors.")]
 
+#: bounds of the --scale / --img-scale sides: a 0 would resize images to nothing, a huge one
+#: would ask OpenCV for more memory than any machine has (a traceback, not an error message)
+SCALE_MIN, SCALE_MAX = 32, 4096
+#: training's smallest side limit: from scratch (BatchNorm on batch statistics) with one image
+#: per process, a 32-pixel image leaves one value per channel at stride 32 and BatchNorm raises
+TRAIN_SCALE_MIN = 64
+
 DETECTOR_LABELS = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}
 BACKBONE_LABELS = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "aognet12m": "AOGNet-12m",
                    "aognet40m": "AOGNet-40m"}
@@ -377,7 +384,8 @@ def predict(
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
     scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
+        "--scale", min=SCALE_MIN, max=SCALE_MAX,
+        help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
@@ -510,7 +518,8 @@ def eval_(
     device: Annotated[EvalDevice, typer.Option("--device", help="Where the model runs.")] = EvalDevice.auto,
     fp16: Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA.")] = False,
     scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", help="Test scale LONG SHORT: longest and shortest side limits.")] = (1333, 800),
+        "--scale", min=SCALE_MIN, max=SCALE_MAX,
+        help="Test scale LONG SHORT: longest and shortest side limits.")] = (1333, 800),
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its partial results in --out.")] = False,
     all_: Annotated[bool, typer.Option(
@@ -656,7 +665,8 @@ def serve(
         "--cors-origin", help="Allow browser pages from this origin (repeatable; '*' for any). "
                               "Off by default.", show_default=False)] = None,
     scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
+        "--scale", min=SCALE_MIN, max=SCALE_MAX,
+        help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
 ) -> None:
     """Serve instance segmentation over HTTP: POST /segment, a web page at /, /metrics.
 
@@ -717,7 +727,8 @@ def train_cmd(
         "--max-iters", min=1, help="Stop after this many iterations in all (a checkpoint is written).",
         show_default=False)] = None,
     img_scale: Annotated[tuple[int, int], typer.Option(
-        "--img-scale", help="Training resize: longest and shortest side limits.")] = (1333, 800),
+        "--img-scale", min=TRAIN_SCALE_MIN, max=SCALE_MAX,
+        help="Training resize: longest and shortest side limits.")] = (1333, 800),
     eval_every: Annotated[int, typer.Option(
         "--eval-every", min=0, help="Evaluate on the val2017 pair every K epochs (0: never).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and sampling.")] = 0,

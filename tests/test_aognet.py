@@ -2,7 +2,8 @@
 
 The manifests (tests/data/manifests) list every key and shape of the released AOGNet-v2
 ImageNet models. The frozen logits were computed with the AOGNet-v2 reference network (float64)
-on weights given by a formula of each manifest key's position, see ``formula_state_dict``.
+on weights given by a formula of each manifest key's position, see ``formula_state_dict``;
+``tools/reference_values/aognet_logits.py`` computes them again from a clone of AOGNet-v2.
 """
 from __future__ import annotations
 

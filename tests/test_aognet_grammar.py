@@ -4,6 +4,7 @@ The expected graphs were produced by AOGNet-v2's ``AOG.py`` (``get_aog(grid_ht=1
 grid_wd=N, max_split=2, use_node_lateral_connection=True,
 remove_symmetric_children_of_or_node=1|2)``, each run in a fresh interpreter) and frozen here;
 anzoo's grammar reproduced them for every width 1..7 and both split rules.
+``tools/reference_values/aog_grammar.py`` makes them again from a clone of AOGNet-v2.
 """
 from __future__ import annotations
 

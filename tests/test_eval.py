@@ -231,7 +231,7 @@ def test_evaluation_writes_results_and_exact_pycocotools_metrics(reference: Eval
             ev.summarize()
         assert [metrics["metrics"][iou_type][n] for n in METRIC_NAMES] == [float(v) for v in ev.stats]
         assert reference.metrics[iou_type] == metrics["metrics"][iou_type]
-    assert metrics["metrics"]["bbox"]["AP50"] >= 0  # detections of the right classes were scored
+    assert metrics["metrics"]["bbox"]["AP50"] > 0  # some detection of a dataset class matched an object
 
 
 def test_expected_values_give_a_verdict(model, dataset: Path, reference: EvalResult, tmp_path: Path) -> None:

@@ -55,16 +55,44 @@ def test_channels_last_and_batching_keep_detections(model):
         assert _mask_iou(a.masks, b.masks).min() >= 0.98
 
 
+#: the bfloat16 test's scale: bfloat16 convolutions are slow on CPUs without native support
+BF16_SCALE = (192, 128)
+#: the float32 detections that must be found again, one to one, under bfloat16
+TOP = 5
+
+
+def match_one_to_one(ref, low, top: int) -> list[tuple[int, int, float, float]]:
+    """Pairs ``(i, j, box distance, score difference)``: each of ``ref``'s ``top`` best
+    detections, best first, with the nearest unused ``low`` detection of its label (distance:
+    the largest coordinate difference in pixels). A detection with no partner left is missing."""
+    pairs, used = [], set()
+    for i in ref.scores.argsort(descending=True)[:top].tolist():
+        dist = (low.boxes - ref.boxes[i]).abs().max(dim=1).values
+        candidates = [j for j in range(len(low)) if j not in used and low.labels[j] == ref.labels[i]]
+        if not candidates:
+            continue
+        j = min(candidates, key=lambda c: float(dist[c]))
+        used.add(j)
+        pairs.append((i, j, float(dist[j]), float((low.scores[j] - ref.scores[i]).abs())))
+    return pairs
+
+
+#: bfloat16 against float32, top detections matched one to one. Measured with
+#: tools/tolerances/bf16_spread.py on an AMD EPYC with AVX2 (no native bfloat16): boxes moved by
+#: at most 0.113 px (default kernels, 1 or 2 threads; ATEN_CPU_CAPABILITY=avx2;
+#: ONEDNN_MAX_CPU_ISA=AVX2) and 0.077 px (ATEN_CPU_CAPABILITY=default), scores by at most
+#: 4.2e-3 in every variant. The tolerances leave a margin of about 4x.
+BOX_PX_TOL = 0.5
+SCORE_TOL = 0.02
+
+
 def test_bf16_autocast_on_cpu_stays_close(model):
     images = _images()[:1]
-    scale = (192, 128)  # bfloat16 convolutions are slow on CPUs without native support
-    ref = Predictor(model, scale=scale).predict_instances(images)[0]
-    low = Predictor(model, scale=scale, fp16=True).predict_instances(images)[0]
-    # bfloat16 keeps 8 bits of mantissa: the top detections survive, boxes move by a few px at most
-    assert len(ref) >= 5
-    top = ref.scores.argsort(descending=True)[:5]
-    for i in top:
-        same = (low.labels == ref.labels[i])
-        assert same.any()
-        dist = (low.boxes[same] - ref.boxes[i]).abs().max(dim=1).values.min()
-        assert dist <= 8.0
+    ref = Predictor(model, scale=BF16_SCALE).predict_instances(images)[0]
+    low = Predictor(model, scale=BF16_SCALE, fp16=True).predict_instances(images)[0]
+    assert len(ref) >= TOP
+    pairs = match_one_to_one(ref, low, TOP)
+    assert len(pairs) == TOP  # every top detection is found again, each by its own partner
+    # bfloat16 keeps 8 bits of mantissa: boxes move by a tenth of a pixel (see BOX_PX_TOL)
+    assert max(d for _, _, d, _ in pairs) <= BOX_PX_TOL
+    assert max(s for _, _, _, s in pairs) <= SCORE_TOL

@@ -90,7 +90,8 @@ def _fixture_image() -> np.ndarray:
 
 def test_matches_frozen_mmcv_reference() -> None:
     """Numbers computed once with mmcv 0.2.16's imrescale / imnormalize / impad_to_multiple
-    (BGR input, to_rgb=True) on this 6x9 image, frozen here."""
+    (BGR input, to_rgb=True) on this 6x9 image, frozen here (again with
+    ``tools/reference_values/mmcv_transforms.py``, which also checks test_rescale_size's cases)."""
     tensor, meta = preprocess_image(_fixture_image())
     assert meta.img_shape == (800, 1200) and meta.pad_shape == (800, 1216)
     assert meta.scale_factor == 133.33333333333334
