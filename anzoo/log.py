@@ -6,11 +6,14 @@ script) calls :func:`setup_logging` once to decide what is shown.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["setup_logging", "stderr_console"]
+__all__ = ["Progress", "progress_bar", "setup_logging", "stderr_console"]
 
 _HANDLER_NAME = "anzoo-rich"
 _stderr_console: Console | None = None
@@ -42,3 +45,83 @@ def setup_logging(verbose: bool = False) -> None:
         # the root has no handler of its own unless the user added one.
         logger.addHandler(handler)
     handler.setLevel(level)
+
+
+class Progress:
+    """One progress bar on stderr (rich), or nothing when disabled: downloads, evaluation and
+    training all show theirs through :func:`progress_bar`.
+
+    The bar appears on the first :meth:`update` (a download that fails before its first byte
+    leaves no empty bar behind) and is removed from the live display by the context manager.
+    """
+
+    def __init__(self, label: str, total: float | None, *, kind: str, completed: float = 0,
+                 unit: str = "it", enabled: bool = True) -> None:
+        self.label, self.total, self.kind, self.unit = label, total, kind, unit
+        self.completed = completed
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+
+    def _start(self) -> None:
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, ProgressColumn,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+        from rich.progress import Progress as RichProgress
+        from rich.text import Text
+
+        unit = self.unit
+
+        class Rate(ProgressColumn):
+            # the average since the start: the final figure then agrees with a summary line
+            def render(self, task: Any) -> Text:
+                elapsed = task.finished_time if task.finished else task.elapsed
+                if not elapsed or not task.completed:
+                    return Text(f"-- {unit}/s")
+                return Text(f"{task.completed / elapsed:.2f} {unit}/s")
+
+        if self.kind == "bytes":
+            columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn()]
+        else:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                       TextColumn("{task.fields[info]}")]
+        self._bar = RichProgress(*columns, console=stderr_console())
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=self.total, completed=self.completed, info="")
+
+    def update(self, *, advance: float | None = None, completed: float | None = None,
+               total: float | None = None, description: str | None = None, info: str | None = None) -> None:
+        """Move the bar (``advance`` or ``completed``), and optionally change its total,
+        description or the free text after it."""
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._start()
+        fields: dict[str, Any] = {}
+        if info is not None:
+            fields["info"] = info
+        self._bar.update(self._task, advance=advance, completed=completed, total=total,
+                         description=description, **fields)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@contextmanager
+def progress_bar(label: str, total: float | None = None, *, kind: str = "count", unit: str = "it",
+                 completed: float = 0, enabled: bool = True) -> Iterator[Progress]:
+    """``with progress_bar("r50-bn", 5000, unit="images") as bar: bar.update(advance=4)``.
+
+    ``kind='count'`` shows done/total, the mean rate in ``unit``/s, elapsed time, ETA and a
+    free ``info`` text; ``kind='bytes'`` shows sizes, transfer speed and ETA (downloads).
+    """
+    if kind not in ("count", "bytes"):
+        raise ValueError(f"kind must be 'count' or 'bytes', not {kind!r}")
+    bar = Progress(label, total, kind=kind, completed=completed, unit=unit, enabled=enabled)
+    try:
+        yield bar
+    finally:
+        bar.close()
