@@ -612,14 +612,17 @@ def eval_(
 
 # =========================================================================== serve
 #: the serve limits, in the units people type (ServeSettings holds them in bytes and seconds)
-MaxBatchOpt = Annotated[int, typer.Option("--max-batch", min=1, help="Most images per forward pass (1: no batching).")]
-MaxWaitOpt = Annotated[float, typer.Option("--max-wait-ms", min=0.0, help="How long an image may wait for batch mates.")]
+MaxBatchOpt = Annotated[int, typer.Option(
+    "--max-batch", min=1, help="Most images per forward pass (1: no batching).")]
+MaxWaitOpt = Annotated[float, typer.Option(
+    "--max-wait-ms", min=0.0, help="How long an image may wait for batch mates.")]
 MaxQueueOpt = Annotated[int, typer.Option(
     "--max-queue", min=1, help="Images that may wait for the model; beyond: 503 + Retry-After.")]
 TimeoutOpt = Annotated[float, typer.Option(
     "--timeout", min=0.1, help="Seconds a request may take once its body is received: 504 past it, and 503 at "
                                "once when the queue's expected wait is longer.")]
-MaxBodyOpt = Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MB (10^6 bytes).")]
+MaxBodyOpt = Annotated[float, typer.Option(
+    "--max-body-mb", min=0.001, help="Largest request body, in MB (10^6 bytes).")]
 MaxPixelsOpt = Annotated[int, typer.Option(
     "--max-pixels", min=1, help="Largest image, in pixels (checked before decoding; the model sees at most "
                                 "1333x800 of it).")]

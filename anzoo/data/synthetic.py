@@ -139,22 +139,25 @@ def _checked_sizes(num_images: int, image_size: tuple[int, int] | Sequence[tuple
     if not categories:
         raise ValueError("need at least one category")
     if isinstance(image_size[0], numbers.Integral):
-        sizes = [(int(image_size[0]), int(image_size[1]))]  # type: ignore[arg-type]
+        sizes = [(int(image_size[0]), int(image_size[1]))]
     else:
-        sizes = [(int(s[0]), int(s[1])) for s in image_size]  # type: ignore[index]
+        sizes = [(int(s[0]), int(s[1])) for s in image_size]
     if not sizes or any(h < 16 or w < 16 for h, w in sizes):
         raise ValueError(f"image sizes must be at least 16x16, got {sizes}")
     return sizes
 
 
+_Objects = list[tuple[int, np.ndarray, int]]  # (category index, mask, iscrowd)
+
+
 def _draw_image(rng: np.random.Generator, height: int, width: int, num_categories: int,
-                num_objects: tuple[int, int] | None, crowd: bool) -> tuple[np.ndarray, list[tuple[int, np.ndarray, int]]]:
+                num_objects: tuple[int, int] | None, crowd: bool) -> tuple[np.ndarray, _Objects]:
     """One image and its objects as (category index, mask, iscrowd): the background, between
     ``num_objects`` (min, max) shapes (fewer when they do not fit) and, with ``crowd``, a crowd
     region; ``num_objects`` None: the background only."""
     canvas = _background(rng, height, width)
     occupied = np.zeros((height, width), dtype=bool)
-    objects: list[tuple[int, np.ndarray, int]] = []
+    objects: _Objects = []
     if num_objects is None:
         return canvas, objects
     for _ in range(int(rng.integers(num_objects[0], num_objects[1] + 1))):
