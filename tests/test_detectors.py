@@ -214,7 +214,8 @@ def test_model_predict_returns_json_records(r50, tmp_path):
     path = tmp_path / "img.png"
     Image.fromarray(_image(120, 160)).save(path)
     r50.class_names = None
-    out = r50.predict([path, Image.open(path), _image(120, 160)], score_thr=0.05, scale=SMALL_SCALE)
+    out = anzoo.inference.predict(r50, [path, Image.open(path), _image(120, 160)], score_thr=0.05,
+                                  scale=SMALL_SCALE)
     assert len(out) == 3 and out[0] == out[1] == out[2] and out[0]
     rec = out[0][0]
     assert set(rec) == {"category_id", "category_name", "score", "bbox", "segmentation"}
