@@ -13,9 +13,10 @@ from the spread with a margin (and the figure written next to it).
     python tools/kernel_spread.py --settings default,onednn-sse41 --json spread.json
 
 ``--tests`` runs pytest on the files under each setting with this module as a plugin: every
-``torch.testing.assert_close``, ``np.testing.assert_allclose`` and ``torch.allclose`` called
-from a test file records its largest absolute difference and the share of its tolerance used
-(``max |a - b| / (atol + rtol |b|)``, 1.0 is the limit), per call site.
+``torch.testing.assert_close``, ``np.testing.assert_allclose``, ``torch.allclose`` and
+``pytest.approx`` comparison made in a test file records its largest absolute difference and
+the share of its tolerance used (``max |a - b| / (atol + rtol |b|)``, 1.0 is the limit; above
+it for an ``assert not ...allclose``), per call site and tolerance.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,7 @@ def tests_spread(settings: list[str], files: list[str]) -> dict[str, Any]:
             lines = record.read_text().splitlines() if record.exists() else []
         for line in lines:
             d = json.loads(line)
-            cell = out[d["site"]].setdefault(setting, {"diff": 0.0, "used": 0.0, "tol": d["tol"]})
+            cell = out[f"{d['site']} ({d['tol']})"].setdefault(setting, {"diff": 0.0, "used": 0.0})
             cell["diff"] = max(cell["diff"], d["diff"])
             cell["used"] = max(cell["used"], d["used"])
     return dict(out)
@@ -144,9 +146,8 @@ def tests_spread(settings: list[str], files: list[str]) -> dict[str, Any]:
 
 def print_tests(result: dict[str, Any], settings: list[str]) -> None:
     sites = {k: v for k, v in sorted(result.items(), key=lambda kv: _site_key(kv[0])) if k != "__failed__"}
-    tol = {site: next(iter(cells.values()))["tol"] for site, cells in sites.items()}
-    print(_table("max |a - b|", {f"{s} ({tol[s]})": {k: c["diff"] for k, c in cells.items()}
-                                 for s, cells in sites.items()}, settings), end="\n\n")
+    print(_table("max |a - b|", {s: {k: c["diff"] for k, c in cells.items()} for s, cells in sites.items()},
+                 settings), end="\n\n")
     print(_table("share of tolerance", {s: {k: c["used"] for k, c in cells.items()} for s, cells in sites.items()},
                  settings), end="\n\n")
     for setting, failed in result.get("__failed__", {}).items():
@@ -154,9 +155,10 @@ def print_tests(result: dict[str, Any], settings: list[str]) -> None:
             print(f"[{setting}] {line}")
 
 
-def _site_key(site: str) -> tuple[str, int]:
+def _site_key(key: str) -> tuple[str, int, str]:
+    site, _, tol = key.partition(" ")
     path, _, line = site.rpartition(":")
-    return path, int(line) if line.isdigit() else 0
+    return path, int(line) if line.isdigit() else 0, tol
 
 
 # --------------------------------------------------------------------------- pytest plugin
@@ -186,7 +188,7 @@ def _record(actual: Any, expected: Any, rtol: float, atol: float) -> None:
     limit = (atol + rtol * np.abs(b))[finite]
     used = float(np.max(np.where(limit > 0, diff / np.where(limit > 0, limit, 1), np.where(diff > 0, np.inf, 0)),
                         initial=0.0))
-    line = {"site": site, "diff": float(diff.max(initial=0.0)), "used": used, "tol": f"rtol={rtol:g} atol={atol:g}"}
+    line = {"site": site, "diff": float(diff.max(initial=0.0)), "used": used, "tol": f"rtol={rtol:.3g} atol={atol:.3g}"}
     with open(os.environ[_RECORD_ENV], "a", encoding="utf-8") as fh:
         fh.write(json.dumps(line) + "\n")
 
@@ -225,6 +227,36 @@ def pytest_configure(config: Any) -> None:  # pragma: no cover - runs inside the
     torch.testing.assert_close = recording_assert_close
     np.testing.assert_allclose = recording_assert_allclose
     torch.allclose = recording_allclose
+    import pytest
+
+    approx = pytest.approx
+
+    class RecordingApprox:
+        """pytest.approx's object, recording what it is compared with."""
+
+        __array_ufunc__ = None  # numpy defers ``array == this`` to __eq__, as for approx itself
+        __array_priority__ = 100
+
+        def __init__(self, expected, rel=None, abs=None, nan_ok=False):  # noqa: A002 - pytest's names
+            self.approx = approx(expected, rel=rel, abs=abs, nan_ok=nan_ok)
+            # pytest: only an absolute tolerance when only abs is given, else max(rel |e|, abs)
+            self.rtol = 0.0 if rel is None and abs is not None else (1e-6 if rel is None else rel)
+            self.atol = 1e-12 if abs is None else abs
+
+        def __eq__(self, actual):
+            if not isinstance(self.approx.expected, Mapping):
+                _record(actual, self.approx.expected, self.rtol, self.atol)
+            return self.approx == actual
+
+        def __ne__(self, actual):
+            return not self == actual
+
+        __hash__ = None
+
+        def __repr__(self):
+            return repr(self.approx)
+
+    pytest.approx = RecordingApprox
 
 
 # --------------------------------------------------------------------------- main
