@@ -128,8 +128,8 @@ def tests_spread(settings: list[str], files: list[str]) -> dict[str, Any]:
             record = Path(tmp) / "record.jsonl"
             env = _environment(setting)
             env[_RECORD_ENV] = str(record)
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "kernel_spread", "-p", "no:cacheprovider",
-                                   *files], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "kernel_spread", "-p", "no:cacheprovider", *files]
+            proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
             tail = proc.stdout.strip().splitlines()[-1:] or ["(no output)"]
             print(f"[{setting}] {tail[0]}", file=sys.stderr, flush=True)
             if proc.returncode != 0:
@@ -177,10 +177,13 @@ def _record(actual: Any, expected: Any, rtol: float, atol: float) -> None:
     site = _caller_site()
     if site is None:
         return
+    def as_array(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().double().numpy()
+        return np.asarray(x, dtype=np.float64)
+
     try:
-        a = actual.detach().cpu().double().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual, dtype=np.float64)
-        b = expected.detach().cpu().double().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected, dtype=np.float64)
-        a, b = np.broadcast_arrays(a, b)
+        a, b = np.broadcast_arrays(as_array(actual), as_array(expected))
     except (TypeError, ValueError, RuntimeError):
         return
     finite = np.isfinite(a) & np.isfinite(b)
