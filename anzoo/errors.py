@@ -52,3 +52,7 @@ class UnsupportedImageFormatError(ImageError):
 
 class DatasetError(AnzooError):
     """A dataset folder or annotation file is missing or malformed."""
+
+
+class CacheError(AnzooError):
+    """The weights cache cannot be written (disk full, file too large, read-only, no permission)."""
