@@ -1,9 +1,8 @@
 """anzoo: the Attentive Normalization and AOGNet detection model zoo."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .zoo import DEFAULT_MODEL, list_models  # noqa: E402 - after __version__ on purpose
+from .version import __version__
+from .zoo import DEFAULT_MODEL, list_models
 
 __all__ = ["__version__", "DEFAULT_MODEL", "list_models", "create_model", "create_backbone", "save_model",
            "Predictor", "predict"]
@@ -12,7 +11,7 @@ __all__ = ["__version__", "DEFAULT_MODEL", "list_models", "create_model", "creat
 _LAZY = {
     "create_model": ("anzoo.factory", "create_model"),
     "save_model": ("anzoo.factory", "save_model"),
-    "create_backbone": ("anzoo.models.backbones", "create_backbone"),
+    "create_backbone": ("anzoo.factory", "create_backbone"),
     "Predictor": ("anzoo.inference", "Predictor"),
     "predict": ("anzoo.inference", "predict"),
 }

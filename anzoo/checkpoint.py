@@ -28,6 +28,8 @@ from .fileio import atomic_path
 
 __all__ = [
     "ANZOO_FORMAT",
+    "is_torch_zip",
+    "checkpoint_member",
     "read_checkpoint",
     "checkpoint_format",
     "extract_state_dict",
@@ -50,12 +52,12 @@ MAX_ARCHIVE_BYTES = 4 << 30
 MAX_ARCHIVE_MEMBERS = 1000
 
 
-def _is_torch_zip(zf: zipfile.ZipFile) -> bool:
+def is_torch_zip(zf: zipfile.ZipFile) -> bool:
     """torch.save (>= 1.6) writes a zip whose entries are ``<name>/data.pkl`` etc."""
     return any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist())
 
 
-def _checkpoint_member(zf: zipfile.ZipFile) -> str:
+def checkpoint_member(zf: zipfile.ZipFile) -> str:
     """The checkpoint inside a plain archive (e.g. ``model_best.pth.tar`` beside ``config.yaml``)."""
     names = [n for n in zf.namelist() if not n.endswith("/") and "__MACOSX" not in n]
     candidates = [n for n in names if n.lower().endswith(_CHECKPOINT_SUFFIXES)]
@@ -126,9 +128,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
-                if not _is_torch_zip(zf):
+                if not is_torch_zip(zf):
                     check_archive_bounds(zf, str(path))  # the member is read into memory
-                    member = _checkpoint_member(zf)
+                    member = checkpoint_member(zf)
                     return _torch_load(io.BytesIO(zf.read(member)), f"{path}!{member}")
         except zipfile.BadZipFile as exc:
             raise CheckpointError(f"{path} is a damaged zip archive ({exc})") from exc

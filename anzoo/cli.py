@@ -29,6 +29,7 @@ from . import __version__
 from .data.defaults import DEFAULT_MAX_PIXELS, TEST_SCALE
 from .errors import AnzooError
 from .log import setup_logging, stderr_console
+from .schema import BACKBONE_NAMES, BackboneEntry, Detector, ZooEntry
 from .zoo import DEFAULT_MODEL
 
 __all__ = ["app", "main", "command"]
@@ -132,11 +133,8 @@ SCALE_MIN, SCALE_MAX = 32, 4096
 #: per process, a 32-pixel image leaves one value per channel at stride 32 and BatchNorm raises
 TRAIN_SCALE_MIN = 64
 
-DETECTOR_LABELS = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}
-BACKBONE_LABELS = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "aognet12m": "AOGNet-12m",
-                   "aognet40m": "AOGNet-40m"}
-NORM_LABELS = {"bn": "BN", "an": "AN (w/ BN)", "gn": "GN", "sn": "SN"}
-HEAD_LABELS = {"none": "-", "gn": "GN", "an_gn": "AN (w/ GN)", "sn": "SN"}
+#: --backbone takes a backbone's name or its short name (r50, r101), as the model ids spell it
+BackboneChoice = Enum("BackboneChoice", {name: name for name in BACKBONE_NAMES}, type=str)  # type: ignore[misc]
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
@@ -144,80 +142,30 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
 
 
 # =========================================================================== list / info
-def _weights_json(entry: Any, backbone: bool) -> dict[str, Any]:
+def _entry_json(entry: ZooEntry | BackboneEntry) -> dict[str, Any]:
+    """The entry's JSON (``to_json()``) with the cache's state of its weights."""
     from . import hub
 
-    state = hub.cache_state(entry.id, backbone=backbone)
-    w = entry.weights
-    return {
-        "source": w.manual_url if w else None,
-        "gdrive_id": w.gdrive_id if w else None,
-        "url": w.url if w else None,
-        "mirrors": list(w.mirrors) if w else [],
-        "sha256_pinned": w.sha256 if w else None,
-        "cached": state.cached,
-        "path": str(state.checkpoint) if state.checkpoint else None,
-        "sha256": state.sha256,
-        "size": state.size,
-    }
+    state = hub.cache_state(entry.id, backbone=isinstance(entry, BackboneEntry))
+    data = entry.to_json()
+    data["weights"].update({"cached": state.cached, "path": str(state.checkpoint) if state.checkpoint else None,
+                            "sha256": state.sha256, "size": state.size})
+    return data
 
 
-def _weights_cell(entry: Any, backbone: bool) -> str:
+def _weights_cell(entry: ZooEntry | BackboneEntry) -> str:
     from . import hub
 
-    if hub.cache_state(entry.id, backbone=backbone).cached:
+    if hub.cache_state(entry.id, backbone=isinstance(entry, BackboneEntry)).cached:
         return "[green]cached[/green]"
     return "available" if entry.has_weights else "[dim]none[/dim]"
 
 
-def _paper_json(paper: Any) -> dict[str, Any]:
-    return {"key": paper.key, "title": paper.title, "authors": paper.authors, "venue": paper.venue,
-            "arxiv": paper.arxiv, "link": paper.link}
-
-
-def _model_json(entry: Any) -> dict[str, Any]:
-    return {
-        "id": entry.id, "detector": entry.detector, "backbone": entry.backbone,
-        "backbone_norm": entry.backbone_norm, "head_norm": entry.head_norm,
-        "schedule": entry.schedule, "params_m": entry.params_m, "box_ap": entry.box_ap,
-        "mask_ap": entry.mask_ap, "weights": _weights_json(entry, backbone=False),
-        "backbone_id": entry.backbone_id, "pretrained_backbone": entry.pretrained_backbone,
-        "config": entry.config, "num_classes": entry.num_classes,
-        "class_names": list(entry.class_names) if entry.class_names else None,
-        "papers": [_paper_json(p) for p in entry.papers], "notes": entry.notes,
-        "zoo_file": entry.source,
-    }
-
-
-def _backbone_json(entry: Any) -> dict[str, Any]:
-    return {
-        "id": entry.id, "arch": entry.arch, "norm": entry.norm, "params_m": entry.params_m,
-        "top1_error": entry.top1_error, "top5_error": entry.top5_error,
-        "weights": _weights_json(entry, backbone=True), "config": entry.config,
-        "papers": [_paper_json(p) for p in entry.papers], "notes": entry.notes,
-        "zoo_file": entry.source,
-    }
-
-
-class DetectorName(str, Enum):
-    mask_rcnn = "mask_rcnn"
-    cascade_mask_rcnn = "cascade_mask_rcnn"
-
-
-class BackboneName(str, Enum):
-    resnet50 = "resnet50"
-    resnet101 = "resnet101"
-    aognet12m = "aognet12m"
-    aognet40m = "aognet40m"
-    r50 = "r50"
-    r101 = "r101"
-
-
 @command("list")
 def list_models(
-    detector: Annotated[DetectorName | None, typer.Option(
+    detector: Annotated[Detector | None, typer.Option(
         "--detector", "-d", help="Only this detector.")] = None,
-    backbone: Annotated[BackboneName | None, typer.Option(
+    backbone: Annotated[BackboneChoice | None, typer.Option(
         "--backbone", "-b", help="Only this backbone.")] = None,
     imagenet: Annotated[bool, typer.Option(
         "--imagenet", help="List the ImageNet-pretrained backbones instead.")] = False,
@@ -229,12 +177,9 @@ def list_models(
     detector_name = detector.value if detector else None
     backbone_name = backbone.value if backbone else None
     if imagenet:
-        backbones = zoo.list_backbone_entries()
-        if backbone_name:
-            wanted = {v: k for k, v in zoo.BACKBONE_SHORT_NAMES.items()}.get(backbone_name, backbone_name)
-            backbones = [b for b in backbones if b.arch == wanted]
+        backbones = zoo.list_backbone_entries(backbone=backbone_name)
         if as_json:
-            print_json([_backbone_json(b) for b in backbones])
+            print_json([_entry_json(b) for b in backbones])
             return
         table = Table(title="ImageNet-pretrained backbones (AOGNet-v2)", title_justify="left")
         table.add_column("id", no_wrap=True)
@@ -243,15 +188,14 @@ def list_models(
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         table.add_column("weights", no_wrap=True)
         for b in backbones:
-            table.add_row(b.id, BACKBONE_LABELS[b.arch], NORM_LABELS[b.norm],
-                          _num(b.params_m, "{:.2f}M"), _num(b.top1_error, "{:.2f}"),
-                          _num(b.top5_error, "{:.2f}"), _weights_cell(b, backbone=True))
+            table.add_row(b.id, b.arch.label, b.norm.label, _num(b.params_m, "{:.2f}M"),
+                          _num(b.top1_error, "{:.2f}"), _num(b.top5_error, "{:.2f}"), _weights_cell(b))
         console.print(table)
         return
 
     entries = zoo.list_entries(detector=detector_name, backbone=backbone_name)
     if as_json:
-        print_json([_model_json(e) for e in entries])
+        print_json([_entry_json(e) for e in entries])
         return
     table = Table(title="anzoo models (COCO val2017)", title_justify="left",
                   caption=f"default model: {zoo.DEFAULT_MODEL}; weights 'none': numbers quoted from "
@@ -264,10 +208,8 @@ def list_models(
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("weights", no_wrap=True)
     for e in entries:
-        table.add_row(e.id, DETECTOR_LABELS[e.detector], BACKBONE_LABELS[e.backbone],
-                      NORM_LABELS[e.backbone_norm], HEAD_LABELS[e.head_norm],
-                      _num(e.params_m, "{:.2f}M"), _num(e.box_ap), _num(e.mask_ap),
-                      _weights_cell(e, backbone=False))
+        table.add_row(e.id, e.detector.label, e.backbone.label, e.backbone_norm.label, e.head_norm.label,
+                      _num(e.params_m, "{:.2f}M"), _num(e.box_ap), _num(e.mask_ap), _weights_cell(e))
     console.print(table)
 
 
@@ -298,8 +240,7 @@ def info(model_id: ModelIdArg, backbone: BackboneFlagOpt = False, as_json: JsonO
     """Show everything about one model: its numbers, sources, papers and cache state."""
     from . import zoo
 
-    data = (_backbone_json(zoo.get_backbone_entry(model_id)) if backbone
-            else _model_json(zoo.get_entry(model_id)))
+    data = _entry_json(zoo.get_backbone_entry(model_id) if backbone else zoo.get_entry(model_id))
     if as_json:
         print_json(data)
         return
@@ -345,7 +286,7 @@ def download(
         try:
             path = fetch(ident, force=force, url=url)
         except AnzooError as exc:
-            print_error(str(exc))
+            print_error(as_flags(str(exc)))
             exit_code = exit_code or exc.exit_code
             continue
         console.print(f"{ident}: {path}", highlight=False)
@@ -379,7 +320,7 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
 Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA (bfloat16 on CPU).")]
 TestScaleOpt = Annotated[tuple[int, int], typer.Option(
     "--scale", min=SCALE_MIN, max=SCALE_MAX,
-    help="Test scale: longest and shortest side limits (the table used 1333 800).")]
+    help=f"Test scale: longest and shortest side limits (the table used {TEST_SCALE[0]} {TEST_SCALE[1]}).")]
 
 
 def load_model(model_id: str, weights: Path | None, device: str) -> Any:

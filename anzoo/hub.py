@@ -184,7 +184,7 @@ class _Source:
 def _sources(item: _Item, url: str | None) -> list[_Source]:
     if url is not None:
         if not re.match(r"^https?://", url):
-            raise DownloadError(f"--url must be an http(s) URL, got {url!r}")
+            raise DownloadError(f"`url` must be an http(s) URL, got {url!r}")
         return [_Source(url=url)]
     w = item.weights
     assert w is not None
@@ -268,7 +268,7 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 def _fetch(item: _Item, *, force: bool, url: str | None, progress: bool) -> Path:
     if item.weights is None and url is None:
         why = f" ({item.notes})" if item.notes else ""
-        raise DownloadError(f"{item.label} has no released weights{why}; give a URL with --url, "
+        raise DownloadError(f"{item.label} has no released weights{why}; give a URL with `url`, "
                             f"or register your own checkpoint with `{item.command('import', 'FILE')}`")
     with _cache_errors(item), _locked(item) as writable:
         if writable:
@@ -384,11 +384,11 @@ def _sniff(path: Path) -> str:
     """'archive' (a plain zip), 'checkpoint' (torch.save, zip or legacy pickle), 'html' or
     'unknown': decided by the content, never by the name."""
     if zipfile.is_zipfile(path):
-        from .checkpoint import _is_torch_zip
+        from .checkpoint import is_torch_zip
 
         try:
             with zipfile.ZipFile(path) as zf:
-                return "checkpoint" if _is_torch_zip(zf) else "archive"
+                return "checkpoint" if is_torch_zip(zf) else "archive"
         except zipfile.BadZipFile:
             return "unknown"
     with open(path, "rb") as f:
@@ -410,12 +410,12 @@ def _html_title(path: Path) -> str:
 
 def _unpack(archive: Path, staging: Path, origin: str) -> Path:
     """Extract a zip archive into ``staging``; the path of the checkpoint inside it."""
-    from .checkpoint import _checkpoint_member, check_archive_bounds
+    from .checkpoint import checkpoint_member, check_archive_bounds
 
     try:
         with zipfile.ZipFile(archive) as zf:
             size = check_archive_bounds(zf, origin)  # before a byte is written
-            member = _checkpoint_member(zf)  # CheckpointError when the archive holds none
+            member = checkpoint_member(zf)  # CheckpointError when the archive holds none
             for name in zf.namelist():
                 parts = Path(name).parts
                 if Path(name).is_absolute() or ".." in parts or (parts and parts[0] == _DOWNLOAD_NAME):

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from anzoo.errors import CheckpointError
-from anzoo.models.backbones import create_backbone, get_backbone_spec, list_backbones
+from anzoo.factory import create_backbone
+from anzoo.models.backbones import get_backbone_spec, list_backbones
 from anzoo.models.backbones.aognet import AOGNet, NodeOp, NodeType
 from anzoo.models.backbones.aognet.convert import convert_key
 from anzoo.models.layers import AttentiveBatchNorm2d

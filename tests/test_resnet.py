@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from anzoo.errors import CheckpointError, UnknownModelError
-from anzoo.models.backbones import create_backbone, get_backbone_spec, list_backbones
+from anzoo.factory import create_backbone
+from anzoo.models.backbones import get_backbone_spec, list_backbones
 from anzoo.models.backbones.resnet import checkpoint_filter_fn
 from anzoo.models.layers import AttentiveBatchNorm2d, SwitchNorm2d
 

@@ -1,7 +1,9 @@
 """The registry: zoo.yaml against the authors' results table, schema checks, ANZOO_ZOO."""
 from __future__ import annotations
 
+import dataclasses
 import html.parser
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import pytest
 import anzoo
 from anzoo import zoo
 from anzoo.errors import UnknownModelError, ZooSchemaError
+from anzoo.schema import (BACKBONE_NAMES, Backbone, BackboneNorm, Detector, HeadNorm, ZooEntry, entry_field,
+                          parse_entry)
 
 # The two result tables of the AttentiveNorm_Detection README (Mask R-CNN, then Cascade
 # Mask R-CNN), kept here as data so the test does not depend on a checkout of that repo.
@@ -366,3 +370,68 @@ def test_readme_model_table_matches_zoo():
         assert [c.strip() for c in row.strip("|").split("|")][:1] == cells[:1]
         for cell in cells[1:]:
             assert f" {cell} " in row, (e.id, cell, row)
+
+
+# --------------------------------------------------------------------------- anzoo.schema
+def test_entries_hold_the_vocabulary_with_its_labels():
+    entry = zoo.get_entry("cascade-aognet40m-an")
+    assert entry.detector is Detector.cascade_mask_rcnn and entry.detector == "cascade_mask_rcnn"
+    assert (entry.detector.label, entry.backbone.label, entry.backbone_norm.label, entry.head_norm.label) == \
+        ("Cascade Mask R-CNN", "AOGNet-40m", "AN (w/ BN)", "-")
+    backbone = zoo.get_backbone_entry("r101-an")
+    assert backbone.arch is Backbone.resnet101 and backbone.norm is BackboneNorm.an
+    # made from plain strings (a user's code), the fields still hold the members
+    made = ZooEntry(id="x", detector="mask_rcnn", backbone="resnet50", backbone_norm="an", head_norm="gn",
+                    weights=None)
+    assert made.head_norm is HeadNorm.gn and made.backbone_id == "r50-an"
+    with pytest.raises(ValueError):
+        ZooEntry(id="x", detector="yolo", backbone="resnet50", backbone_norm="an", head_norm="gn", weights=None)
+
+
+def test_to_json_follows_the_fields():
+    entry = zoo.get_entry("aognet40m-an-gn")
+    data = entry.to_json()
+    assert list(data) == ["id", "detector", "backbone", "backbone_norm", "head_norm", "schedule", "params_m",
+                          "box_ap", "mask_ap", "weights", "backbone_id", "pretrained_backbone", "config",
+                          "num_classes", "class_names", "papers", "notes", "zoo_file"]
+    assert json.loads(json.dumps(data)) == data  # plain JSON: enums as strings, tuples as lists
+    assert (data["detector"], data["head_norm"], data["backbone_id"]) == ("mask_rcnn", "an_gn", "aognet40m-an")
+    assert type(data["detector"]) is str
+    assert data["weights"] == {"source": "https://drive.google.com/open?id=1QbVVHi_bE_tEIR0H8u-1FXa2jCzN7GvA",
+                               "gdrive_id": "1QbVVHi_bE_tEIR0H8u-1FXa2jCzN7GvA", "url": None, "mirrors": [],
+                               "sha256_pinned": None}
+    assert data["zoo_file"] == "zoo.yaml" and data["papers"][0]["link"].startswith("https://arxiv.org/abs/")
+    assert zoo.get_entry("r50-gn").to_json()["weights"] == {"source": None, "gdrive_id": None, "url": None,
+                                                            "mirrors": [], "sha256_pinned": None}
+    backbone = zoo.get_backbone_entry("aognet12m-an").to_json()
+    assert list(backbone) == ["id", "arch", "norm", "params_m", "top1_error", "top5_error", "weights", "config",
+                              "papers", "notes", "zoo_file"]
+
+
+def test_a_new_field_is_one_line_in_the_dataclass():
+    """Parsing, the unknown-field check and to_json() all follow dataclasses.fields."""
+    @dataclasses.dataclass(frozen=True)
+    class EntryWithFps(ZooEntry):
+        fps: float | None = entry_field(lambda reader, name: reader.number(name, hi=1000.0), default=None)
+
+    raw = {"id": "fast", "detector": "mask_rcnn", "backbone": "resnet50", "backbone_norm": "bn",
+           "head_norm": "none", "weights": None}
+    entry = parse_entry(EntryWithFps, {**raw, "fps": 12}, file="f.yaml", section="models", index=0, papers={})
+    assert entry.fps == 12.0 and entry.to_json()["fps"] == 12.0 and entry.to_json()["zoo_file"] == "f.yaml"
+    with pytest.raises(ZooSchemaError, match=r"f.yaml: entry 'fast' \(models\[0\]\), field 'fps': 2000 must be"):
+        parse_entry(EntryWithFps, {**raw, "fps": 2000}, file="f.yaml", section="models", index=0, papers={})
+    with pytest.raises(ZooSchemaError, match="'fps': unknown field"):  # the plain entry has no such field
+        parse_entry(ZooEntry, {**raw, "fps": 12}, file="f.yaml", section="models", index=0, papers={})
+
+
+@pytest.mark.parametrize("name", ["backbone_id", "source"])
+def test_derived_and_loader_fields_are_not_read_from_files(extra_zoo, name):
+    extra_zoo(models=[{"id": "mine", name: "r50-bn"}])
+    with pytest.raises(ZooSchemaError, match=f"field '{name}': unknown field"):
+        zoo.load_zoo()
+
+
+def test_backbone_short_names():
+    assert BACKBONE_NAMES == ("resnet50", "resnet101", "aognet12m", "aognet40m", "r50", "r101")
+    assert [b.id for b in zoo.list_backbone_entries(backbone="r101")] == ["r101-bn", "r101-an"]
+    assert zoo.list_backbone_entries(backbone="resnet101") == zoo.list_backbone_entries(backbone="r101")

@@ -196,6 +196,20 @@ MUTANTS: tuple[Mutant, ...] = (
       (("det[det.scores >= it.score_thr]", "det[det.scores > it.score_thr]"),),
       ("tests/test_server_options.py", "tests/test_server.py"),
       "X-Instances of /segment/render leaves out instances scoring exactly score_thr"),
+    # ------------------------------------------------------------ zoo, factory, layers (issue 15)
+    M("create-model-drops-kwargs", "factory.py",
+      (("model = build_model(entry, **{**saved, **kwargs})", "model = build_model(entry, **saved)"),),
+      ("tests/test_factory.py",),
+      "create_model(id, num_classes=3, class_names=...) silently builds the entry's 80 classes"),
+    M("zoo-number-range-unchecked", "schema.py",
+      (("if value < lo or (hi is not None and value > hi):", "if value < lo:"),),
+      ("tests/test_zoo.py",),
+      "a zoo file's box_ap of 140 is accepted"),
+    M("model-imports-the-cache", "models/backbones/__init__.py",
+      (("from ...errors import UnknownModelError\n",
+        "from ...errors import UnknownModelError\nfrom ...hub import cache_dir  # noqa: F401\n"),),
+      ("tests/test_architecture.py",),
+      "a model module imports the weights cache (an import pointing up the layers)"),
 )
 
 

@@ -431,10 +431,8 @@ class SegmentService:
         out = []
         for model_id, predictor in self.predictors.items():
             try:
-                entry = zoo.get_entry(model_id)
-                zoo_info = ZooInfo(detector=entry.detector, backbone=entry.backbone,
-                                   backbone_norm=entry.backbone_norm, head_norm=entry.head_norm,
-                                   params_m=entry.params_m, box_ap=entry.box_ap, mask_ap=entry.mask_ap)
+                # the fields of the entry's JSON that the API declares (ZooInfo ignores the others)
+                zoo_info = ZooInfo.model_validate(zoo.get_entry(model_id).to_json())
             except AnzooError:
                 zoo_info = None
             out.append(ModelInfo(id=model_id, default=model_id == self.default_model,

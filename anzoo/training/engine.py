@@ -319,7 +319,7 @@ def build_training_model(config: TrainConfig, class_names: Sequence[str], catego
     """The zoo row's detector for ``class_names`` with the run's starting weights (unless
     ``load_weights`` is False: a resumed run loads its checkpoint instead)."""
     from .. import zoo
-    from ..models.backbones import create_backbone
+    from ..factory import create_backbone  # with weights: the models layer only builds
     from ..models.detection.build import build_detector
 
     entry = zoo.get_entry(config.model_id)

@@ -9,11 +9,12 @@ ImageNet classifier (returns logits); without, it is a detection backbone that r
 training).
 
 Each builder also carries the family's ``checkpoint_filter_fn`` (original AOGNet-v2 key names
-to anzoo's), used by ``pretrained=PATH`` and by the detector converters.
+to anzoo's), used by the detector converters and by :func:`anzoo.create_backbone`, which
+loads the released ImageNet weights: this package builds modules only, it knows neither the
+weights cache nor checkpoint files.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,8 @@ from torch import nn
 
 from ...errors import UnknownModelError
 
-__all__ = ["BackboneSpec", "register_backbone", "create_backbone", "list_backbones", "get_backbone_spec"]
+__all__ = ["BackboneSpec", "register_backbone", "build_backbone", "create_backbone", "list_backbones",
+           "get_backbone_spec"]
 
 
 @dataclass(frozen=True)
@@ -75,24 +77,17 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     return _REGISTRY[name]
 
 
-def create_backbone(name: str, num_classes: int | None = None,
-                    pretrained: bool | str | os.PathLike[str] = False, **kwargs: Any) -> nn.Module:
-    """Build a backbone; ``pretrained`` is False, True (the released ImageNet weights through
-    the registry's backbone entry) or the path of an AOGNet-v2 ImageNet checkpoint (zip, file
-    with ``state_dict`` and ``module.`` prefixes, or a plain state dict)."""
-    spec = get_backbone_spec(name)
-    model = spec.builder(num_classes=num_classes, **kwargs)
-    if pretrained:
-        from ...checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
+def build_backbone(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """A backbone with random weights: the ImageNet classifier with ``num_classes``, else the
+    detection backbone (``frozen_stages``, ``norm_eval`` and the family's options in ``kwargs``).
+    Weights: :func:`anzoo.create_backbone` (``pretrained=True`` or a checkpoint path)."""
+    return get_backbone_spec(name).builder(num_classes=num_classes, **kwargs)
 
-        if pretrained is True:
-            from ... import hub
 
-            path = hub.fetch_backbone_weights(name)
-        else:
-            path = pretrained
-        sd = spec.checkpoint_filter_fn(extract_state_dict(read_checkpoint(path)))
-        if num_classes is None:  # detection backbone: the classifier is not part of it
-            sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        load_state_dict_strict(model, sd, what=f"checkpoint {os.fspath(path)!s}")
-    return model
+def create_backbone(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """:func:`build_backbone` under the name the detector builders use; weights are loaded one
+    layer up, by :func:`anzoo.create_backbone`."""
+    if kwargs.pop("pretrained", False):
+        raise TypeError("anzoo.models.backbones builds backbones with random weights; "
+                        "load weights with anzoo.create_backbone(name, pretrained=...)")
+    return build_backbone(name, num_classes=num_classes, **kwargs)
