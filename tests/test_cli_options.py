@@ -195,9 +195,10 @@ def limit_proposals(monkeypatch: pytest.MonkeyPatch, proposals: int = 10, max_pe
 
     def create(*args: Any, **kwargs: Any) -> TwoStageDetector:
         model = real(*args, **kwargs)
-        model.rpn.test_cfg = replace(model.rpn.test_cfg, nms_pre=4 * proposals, nms_post=proposals,
-                                     max_num=proposals)
-        model.roi_heads.test_cfg.max_per_img = max_per_img
+        config = model.config
+        model.config = replace(config, rpn_test=replace(config.rpn_test, nms_pre=4 * proposals, nms_post=proposals,
+                                                        max_num=proposals),
+                               rcnn_test=replace(config.rcnn_test, max_per_img=max_per_img))
         return model
 
     monkeypatch.setattr(anzoo.factory, "create_model", create)

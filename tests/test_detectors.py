@@ -208,13 +208,14 @@ def test_cascade_averages_logits_and_mask_probabilities():
     torch.testing.assert_close(det.mask_probs, chosen)
 
 
-def test_model_predict_returns_json_records(r50, tmp_path):
+def test_predict_records_are_json_records(r50, tmp_path):
     from PIL import Image
 
     path = tmp_path / "img.png"
     Image.fromarray(_image(120, 160)).save(path)
     r50.class_names = None
-    out = r50.predict([path, Image.open(path), _image(120, 160)], score_thr=0.05, scale=SMALL_SCALE)
+    out = Predictor(r50, scale=SMALL_SCALE).predict_records([path, Image.open(path), _image(120, 160)],
+                                                            score_thr=0.05)
     assert len(out) == 3 and out[0] == out[1] == out[2] and out[0]
     rec = out[0][0]
     assert set(rec) == {"category_id", "category_name", "score", "bbox", "segmentation"}

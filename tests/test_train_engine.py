@@ -142,7 +142,8 @@ def test_trained_model_loads_and_predicts(cli_run):
     model = create_model("r50-bn", pretrained=cli_run["work"] / FINAL_MODEL)
     assert model.num_classes == 6 and model.class_names[:2] == ["person", "car"]
     assert model.category_ids == [1, 3, 18, 44, 62, 85]
-    model.roi_heads.test_cfg.score_thr = 0.0  # a 6-iteration model is not confident yet
+    # a 6-iteration model is not confident yet
+    model.config = replace(model.config, rcnn_test=replace(model.config.rcnn_test, score_thr=0.0))
     image = next((cli_run["coco"] / "val2017").iterdir())
     records = Predictor(model, scale=SCALE).predict_records(image, score_thr=0.0)[0]
     assert records, "no detections at score threshold 0"
