@@ -192,7 +192,7 @@ def _break_second_image(tmp_path: Path) -> tuple[Path, Path, bytes, int]:
     """2 training images of one aspect group; the one the first epoch reaches second (batch 1 of 2
     at batch size 1) is cut short after the dataset was checked. Returns (coco, its path, its
     bytes, its id)."""
-    from anzoo.training.data import CocoTrainDataset, GroupedBatchSampler
+    from anzoo.training.batches import CocoTrainDataset, GroupedBatchSampler
 
     coco = tmp_path / "coco"
     make_synthetic_coco(coco, num_images=2, image_size=(96, 128), split="train2017", seed=1)

@@ -57,7 +57,7 @@ from ..errors import AnzooError, CheckpointError, DatasetError
 from ..fileio import atomic_path, atomic_write_json
 from ..models.detection.detector import TwoStageDetector
 from ..distributed import DistContext, init_distributed
-from .checkpointing import (
+from .state import (
     LATEST,
     capture_rng_state,
     epoch_checkpoint_name,
@@ -65,8 +65,8 @@ from .checkpointing import (
     restore_rng_state,
     save_training_checkpoint,
 )
-from .data import CocoTrainDataset, GroupedBatchSampler, build_train_loader
-from .metrics import MetricsWriter, peak_memory_mib
+from .batches import CocoTrainDataset, GroupedBatchSampler, build_train_loader
+from .logger import MetricsWriter, peak_memory_mib
 from .schedule import LRSchedule, scaled_lr, schedule_epochs
 
 __all__ = [
@@ -686,7 +686,7 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext, save_model: A
             checkpoint(epoch, 0, epoch_checkpoint_name(epoch))
             if (config.eval_every and epoch % config.eval_every == 0 and val_ann is not None
                     and val_images is not None):
-                from .evaluation import run_periodic_evaluation
+                from .periodic_eval import run_periodic_evaluation
 
                 # every process evaluates its share of the images; the results meet in the work dir
                 eval_dir = work_dir / EVAL_DIR
