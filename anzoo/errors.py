@@ -52,3 +52,7 @@ class UnsupportedImageFormatError(ImageError):
 
 class DatasetError(AnzooError):
     """A dataset folder or annotation file is missing or malformed."""
+
+
+class TrainingDiverged(AnzooError):
+    """The training loss or the gradients became NaN or infinite."""

@@ -30,7 +30,8 @@ from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.factory import create_model, save_model
 from anzoo.models.detection.detector import TwoStageDetector
 from anzoo.testing import confident_model
-from anzoo.training.engine import CLASS_SPECIFIC_KEYS, FINAL_MODEL
+from anzoo.training.engine import FINAL_MODEL
+from anzoo.training.model import CLASS_SPECIFIC_KEYS
 
 from oracle import make_oracle_dataset, oracle_for
 

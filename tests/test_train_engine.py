@@ -28,13 +28,9 @@ from anzoo.cli import app
 from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.errors import AnzooError, CheckpointError, DatasetError
 from anzoo.factory import create_model, save_model
-from anzoo.training.engine import (
-    FINAL_MODEL,
-    TrainConfig,
-    build_training_model,
-    train,
-    transfer_detector_weights,
-)
+from anzoo.training.config import TrainConfig
+from anzoo.training.engine import FINAL_MODEL, train
+from anzoo.training.model import build_training_model, transfer_detector_weights
 
 SCALE = (128, 96)
 FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--log-every", "1",
@@ -303,7 +299,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from anzoo.training.engine import TrainConfig, train
+    from anzoo.training import TrainConfig, train
     coco, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = TrainConfig("r50-bn", work_dir=out / "work", coco_dir=coco, epochs=1, batch_size=1, lr=0.01,
                       warmup_iters=1, img_scale=(128, 96), pretrained_backbone=False, frozen_stages=1,
