@@ -101,14 +101,9 @@ def select_proposals(
     return out_boxes, out_scores
 
 
-def _level_candidates(
-    objectness: Sequence[Tensor],
-    deltas: Sequence[Tensor],
-    anchors: Sequence[Tensor],
-    image_shapes: Sequence[tuple[int, int]],
-    box_coder: LegacyBoxCoder,
-    cfg: RPNProposalConfig,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _level_candidates(objectness: Sequence[Tensor], deltas: Sequence[Tensor], anchors: Sequence[Tensor],
+                      image_shapes: Sequence[tuple[int, int]], box_coder: LegacyBoxCoder, cfg: RPNProposalConfig
+                      ) -> tuple[Tensor, Tensor, Tensor]:
     """Steps 1-3 of the module docstring: every level's top ``nms_pre`` boxes, decoded and
     clipped, with their scores and group (image * levels + level), flattened image-major, then
     level, then rank (a group's candidates are contiguous)."""
