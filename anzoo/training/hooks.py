@@ -1,7 +1,7 @@
 """What a training run does around its steps, one hook per concern (see :class:`HookBase`).
 
-* :class:`LRScheduleHook` - the learning rate of each step;
 * :class:`StrictDataHook` - ``--strict-data``: stop at a batch with an unusable image;
+* :class:`LRScheduleHook` - the learning rate of each step;
 * :class:`MetricsHook` - ``metrics.jsonl`` / TensorBoard records every ``log_every`` steps, and
   the images passed over;
 * :class:`ProgressHook` - the progress bar;
@@ -9,8 +9,9 @@
   when a run stops early (``--max-iters``, Ctrl-C, a data error);
 * :class:`PeriodicEvalHook` - COCO metrics every ``eval_every`` epochs.
 
-The trainer calls them in the order given; the order above keeps a checkpoint's state the one
-an uninterrupted run has at that point.
+:func:`anzoo.training.engine.train` registers them in this order, which the trainer keeps at each
+point: a checkpoint then holds the state an uninterrupted run has there (the strict-data stop
+comes before the step's learning rate is set, the evaluation after the epoch's checkpoint).
 """
 from __future__ import annotations
 
