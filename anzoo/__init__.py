@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 from .zoo import DEFAULT_MODEL, list_models  # noqa: E402 - after __version__ on purpose
 
 __all__ = ["__version__", "DEFAULT_MODEL", "list_models", "create_model", "create_backbone", "save_model",
-           "Predictor"]
+           "Predictor", "predict"]
 
 # torch-dependent names are imported on first use, so `anzoo list` starts fast.
 _LAZY = {
@@ -14,6 +14,7 @@ _LAZY = {
     "save_model": ("anzoo.factory", "save_model"),
     "create_backbone": ("anzoo.models.backbones", "create_backbone"),
     "Predictor": ("anzoo.inference", "Predictor"),
+    "predict": ("anzoo.inference", "predict"),
 }
 
 

@@ -35,10 +35,19 @@ __all__ = [
     "rename_keys",
     "load_state_dict_strict",
     "save_checkpoint",
+    "check_archive_bounds",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_MEMBERS",
 ]
 
 ANZOO_FORMAT = "anzoo"
 _CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".ckpt", ".bin")
+
+#: What a checkpoint archive may unpack to, checked from its directory before a byte is
+#: extracted (zipfile never writes more than a member declares). The released AOGNet-v2
+#: archives hold 2 files and at most ~0.5 GB; a zip bomb declares far more than it weighs.
+MAX_ARCHIVE_BYTES = 4 << 30
+MAX_ARCHIVE_MEMBERS = 1000
 
 
 def _is_torch_zip(zf: zipfile.ZipFile) -> bool:
@@ -57,6 +66,24 @@ def _checkpoint_member(zf: zipfile.ZipFile) -> str:
     # Prefer the best model when an archive holds several.
     candidates.sort(key=lambda n: (not Path(n).name.startswith("model_best"), len(n)))
     return candidates[0]
+
+
+def check_archive_bounds(zf: zipfile.ZipFile, where: str) -> int:
+    """Raise CheckpointError when an archive holds more files or bytes than a checkpoint
+    archive can; the total uncompressed size otherwise."""
+    infos = zf.infolist()
+    if len(infos) > MAX_ARCHIVE_MEMBERS:
+        raise CheckpointError(f"{where} holds {len(infos)} files; a checkpoint archive may hold at most "
+                              f"{MAX_ARCHIVE_MEMBERS}")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_ARCHIVE_BYTES:
+        raise CheckpointError(f"{where} unpacks to {_size(total)}; a checkpoint archive may unpack to at most "
+                              f"{_size(MAX_ARCHIVE_BYTES)}")
+    return total
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _torch_load(source: Any, where: str) -> Any:
@@ -100,6 +127,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         try:
             with zipfile.ZipFile(path) as zf:
                 if not _is_torch_zip(zf):
+                    check_archive_bounds(zf, str(path))  # the member is read into memory
                     member = _checkpoint_member(zf)
                     return _torch_load(io.BytesIO(zf.read(member)), f"{path}!{member}")
         except zipfile.BadZipFile as exc:

@@ -2,16 +2,18 @@
 
 The commands are thin shells over the library: parse, call, format. Each one is registered
 with :func:`command`, which turns every :class:`~anzoo.errors.AnzooError` into one red line
-``error: <message>`` on stderr and the error's exit code (no traceback), and Ctrl-C into
-exit code 130. Add a command as a function in the section of its own below, using the
-shared option types (``ModelIdArg``, ``JsonOpt``, ...) and the output helpers
-(``console``, ``print_json``).
+``error: <message>`` on stderr (the parameters a library message names in backquotes
+written as the flags that set them: :func:`as_flags`) and the error's exit code (no
+traceback), and Ctrl-C into exit code 130. Add a command as a function in the section of its
+own below, using the shared option types (``ModelIdArg``, ``JsonOpt``, ...) and the output
+helpers (``console``, ``print_json``).
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -24,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .data.defaults import DEFAULT_MAX_PIXELS, TEST_SCALE
 from .errors import AnzooError
 from .log import setup_logging, stderr_console
 from .zoo import DEFAULT_MODEL
@@ -66,6 +69,21 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+#: a parameter named in a library error: `limit`, or with its value, `device='cuda'`
+_PARAMETER = re.compile(r"`(\w+)(?:='([^']*)')?`")
+
+
+def as_flags(message: str) -> str:
+    """A library error's message as the command line says it: the library names the parameters
+    an error is about in backquotes (`limit`, `device='cuda'`), a command names its flags
+    (--limit, --device cuda); the commands' options are named after those parameters."""
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        return "--" + name.replace("_", "-") + (f" {value}" if value is not None else "")
+
+    return _PARAMETER.sub(flag, message)
+
+
 def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """``app.command`` with anzoo's error handling around the function."""
 
@@ -75,7 +93,7 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
             try:
                 return fn(*args, **kw)
             except AnzooError as exc:
-                fail(str(exc), exc.exit_code)
+                fail(as_flags(str(exc)), exc.exit_code)
             except KeyboardInterrupt:
                 fail("interrupted", 130)
 
@@ -353,12 +371,15 @@ def import_(
     console.print(f"{model_id}: {path}", highlight=False)
 
 
-# =========================================================================== predict
+# =========================================================================== predict / eval / serve
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Checkpoint to use instead of the cached release (mmdet-v1 or anzoo format).",
     show_default=False)]
 Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA (bfloat16 on CPU).")]
+TestScaleOpt = Annotated[tuple[int, int], typer.Option(
+    "--scale", min=SCALE_MIN, max=SCALE_MAX,
+    help="Test scale: longest and shortest side limits (the table used 1333 800).")]
 
 
 def load_model(model_id: str, weights: Path | None, device: str) -> Any:
@@ -368,6 +389,42 @@ def load_model(model_id: str, weights: Path | None, device: str) -> Any:
     if weights is not None and not weights.exists():
         raise AnzooError(f"weights file not found: {weights}")
     return create_model(model_id, pretrained=weights if weights is not None else True, device=device)
+
+
+def _long_short(scale: tuple[int, int]) -> tuple[int, int]:
+    """--scale in either order, as (long side, short side)."""
+    return max(scale), min(scale)
+
+
+# =========================================================================== predict
+def _image_paths(images: list[Path], demo: str | None, out: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files to predict (folders expanded, the demo photo saved under ``out``) and
+    the arguments that are not images, with why."""
+    from .data.images import iter_image_files
+    from .errors import ImageError
+
+    paths: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    for arg in images:
+        try:
+            paths.extend(iter_image_files([arg]))
+        except ImageError as exc:
+            failures.append((arg, str(exc)))
+    if demo is not None:
+        from .data.demo import save_demo_image
+
+        paths.append(save_demo_image(demo, out / "inputs" / f"{demo}.png"))
+    if not paths and not failures:
+        raise AnzooError("no images given: pass image files or folders (or --demo astronaut)")
+    return paths, failures
+
+
+def _found(records: list[dict[str, Any]]) -> str:
+    """'2 person, 1 dog': the instances of each class, most first."""
+    names: dict[str, int] = {}
+    for rec in records:
+        names[rec["category_name"]] = names.get(rec["category_name"], 0) + 1
+    return ", ".join(f"{n} {name}" for name, n in sorted(names.items(), key=lambda kv: -kv[1]))
 
 
 @command("predict")
@@ -383,51 +440,32 @@ def predict(
         "predictions"),
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
-    scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", min=SCALE_MIN, max=SCALE_MAX,
-        help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
+    scale: TestScaleOpt = TEST_SCALE,
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
 ) -> None:
     """Instance segmentation of images: COCO-style JSON (RLE masks) and a picture with the masks drawn."""
-    from .data.images import iter_image_files
-    from .errors import ImageError
-
-    paths: list[Path] = []
-    failures: list[tuple[Path, str]] = []
-    for arg in images or []:
-        try:
-            paths.extend(iter_image_files([arg]))
-        except ImageError as exc:
-            failures.append((arg, str(exc)))
-    if demo is not None:
-        from .data.demo import save_demo_image
-
-        paths.append(save_demo_image(demo, out / "inputs" / f"{demo}.png"))
-    if not paths and not failures:
-        raise AnzooError("no images given: pass image files or folders (or --demo astronaut)")
+    paths, failures = _image_paths(images or [], demo, out)
     for path, message in failures:
         print_error(message)
     if paths:
         from .inference import Predictor
 
         predictor = Predictor(load_model(model, weights, device), fp16=fp16, batch_size=batch_size,
-                              scale=(max(scale), min(scale)))
+                              scale=_long_short(scale))
         log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(paths), out)
         for result in predictor.predict_files(paths, out, score_thr=score_thr):
             if result.error is not None:
                 failures.append((result.path, result.error))
                 print_error(result.error)
                 continue
-            names: dict[str, int] = {}
-            for rec in result.records:
-                names[rec["category_name"]] = names.get(rec["category_name"], 0) + 1
-            found = ", ".join(f"{n} {name}" for name, n in sorted(names.items(), key=lambda kv: -kv[1]))
+            found = _found(result.records)
             console.print(f"{result.path}: {len(result.records)} instance(s){': ' + found if found else ''} "
                           f"({result.seconds:.2f} s) -> {result.png_path}", highlight=False)
     if failures:
         raise typer.Exit(1)
+
 
 # =========================================================================== eval
 class EvalDevice(str, Enum):
@@ -436,43 +474,29 @@ class EvalDevice(str, Enum):
     cuda = "cuda"
 
 
-def _eval_weights(model_id: str, weights: Path | None) -> tuple[Path, str]:
-    """The checkpoint to evaluate (given, or the cached release, downloaded when needed) and its sha256."""
-    from . import hub
+def _check_eval_options(model_id: str | None, all_: bool, weights: Path | None) -> None:
+    """The option combinations eval refuses, before anything is read."""
+    if all_ and model_id:
+        raise typer.BadParameter("give a model id or --all, not both")
+    if not all_ and not model_id:
+        raise typer.BadParameter("give a model id (see `anzoo list`), or --all")
+    if all_ and weights is not None:
+        raise typer.BadParameter("--weights needs a single model id, not --all")
+    if model_id:
+        from .zoo import get_entry
 
-    if weights is not None:
-        if not weights.is_file():
-            raise AnzooError(f"weights file {weights} does not exist")
-        return weights, hub.sha256_file(weights)
-    path = hub.fetch_weights(model_id)
-    state = hub.cache_state(model_id)
-    return path, state.sha256 if state.sha256 and state.checkpoint == path else hub.sha256_file(path)
-
-
-def _eval_one(model_id: str, weights: Path | None, coco_index: Any, files: Any, out: Path, **options: Any) -> Any:
-    from .evaluation import evaluate
-    from .factory import create_model
-
-    path, sha256 = _eval_weights(model_id, weights)
-    model = create_model(model_id, pretrained=path, device="cpu")
-    return evaluate(model, files.ann_file, files.image_dir, out, model_id=model_id, weights=path,
-                    weights_sha256=sha256, coco=coco_index, **options)
+        get_entry(model_id)  # an unknown id fails before anything is read
 
 
-def _print_eval(result: Any) -> None:
-    from .evaluation import comparison_rows, verdict_line
+def _check_gpus(gpus: int, device: EvalDevice) -> None:
+    """--gpus N on CUDA needs N GPUs here."""
+    if device != EvalDevice.cpu:
+        import torch
 
-    table = Table(title=f"{result.model_id or 'model'}: COCO metrics of {result.num_images} images "
-                        f"({result.images_per_s:.2f} images/s on {result.device})", title_justify="left")
-    table.add_column("metric")
-    for col in ("box AP", "table", "Δ", "mask AP", "table", "Δ"):
-        table.add_column(col, justify="right")
-    for row in comparison_rows(result):
-        table.add_row(*row)
-    console.print(table)
-    colour = {"reproduced": "green", "not reproduced": "red"}.get(result.verdict, "yellow")
-    console.print(f"[{colour}]{escape(verdict_line(result))}[/{colour}]", highlight=False)
-    console.print(f"results: {result.out_dir}/results.bbox.json, results.segm.json, metrics.json", highlight=False)
+        available = torch.cuda.device_count()
+        if available < gpus:
+            raise AnzooError(f"--gpus {gpus} needs {gpus} CUDA GPUs, {available} found "
+                             f"(--device cpu runs {gpus} CPU processes instead)")
 
 
 def _eval_argv(model_id: str | None, options: dict[str, Any]) -> list[str]:
@@ -489,6 +513,33 @@ def _eval_argv(model_id: str | None, options: dict[str, Any]) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def _print_eval(result: Any, as_json: bool) -> None:
+    from .evaluation import comparison_rows, verdict_line
+
+    if as_json:
+        print_json(result.to_json(summaries=False))
+        return
+    table = Table(title=f"{result.model_id or 'model'}: COCO metrics of {result.num_images} images "
+                        f"({result.images_per_s:.2f} images/s on {result.device})", title_justify="left")
+    table.add_column("metric")
+    for col in ("box AP", "table", "Δ", "mask AP", "table", "Δ"):
+        table.add_column(col, justify="right")
+    for row in comparison_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    colour = {"reproduced": "green", "not reproduced": "red"}.get(result.verdict, "yellow")
+    console.print(f"[{colour}]{escape(verdict_line(result))}[/{colour}]", highlight=False)
+    console.print(f"results: {result.out_dir}/results.bbox.json, results.segm.json, metrics.json", highlight=False)
+
+
+def _print_zoo_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(json.loads(report.json_file.read_text(encoding="utf-8")))
+    else:
+        console.print(report.markdown_file.read_text(encoding="utf-8"), markup=False, highlight=False)
+        console.print(f"report: {report.markdown_file}", highlight=False)
 
 
 @command("eval")
@@ -519,7 +570,7 @@ def eval_(
     fp16: Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA.")] = False,
     scale: Annotated[tuple[int, int], typer.Option(
         "--scale", min=SCALE_MIN, max=SCALE_MAX,
-        help="Test scale LONG SHORT: longest and shortest side limits.")] = (1333, 800),
+        help="Test scale LONG SHORT: longest and shortest side limits.")] = TEST_SCALE,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its partial results in --out.")] = False,
     all_: Annotated[bool, typer.Option(
@@ -530,96 +581,70 @@ def eval_(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a model on COCO val2017 (box and mask AP, pycocotools) beside the table's numbers."""
-    import os
+    from .distributed import launched_by_torchrun, process_rank, run_under_torchrun
+    from .evaluation import evaluate_zoo, evaluate_zoo_model, resolve_coco_files
 
-    from .evaluation import launched_by_torchrun, resolve_coco_files, torchrun_command
-
-    if all_ and model_id:
-        raise typer.BadParameter("give a model id or --all, not both")
-    if not all_ and not model_id:
-        raise typer.BadParameter("give a model id (see `anzoo list`), or --all")
-    if all_ and weights is not None:
-        raise typer.BadParameter("--weights needs a single model id, not --all")
-    if model_id:
-        from .zoo import get_entry
-
-        get_entry(model_id)  # an unknown id fails before anything is read
+    _check_eval_options(model_id, all_, weights)
     files = resolve_coco_files(coco, ann, images)
     options: dict[str, Any] = {"limit": limit, "batch_size": batch_size, "workers": workers,
-                               "device": device.value, "fp16": fp16, "scale": (max(scale), min(scale)),
+                               "device": device.value, "fp16": fp16, "scale": _long_short(scale),
                                "resume": resume}
     if gpus > 1 and not launched_by_torchrun():
-        import subprocess
-
-        if device != EvalDevice.cpu:
-            import torch
-
-            available = torch.cuda.device_count()
-            if available < gpus:
-                raise AnzooError(f"--gpus {gpus} needs {gpus} CUDA GPUs, {available} found "
-                                 f"(--device cpu runs {gpus} CPU processes instead)")
-        argv = _eval_argv(model_id, {"coco": coco, "ann": ann, "images": images, "weights": weights, "out": out,
-                                     **options, "all": all_, "json": as_json})
-        cmd = torchrun_command(gpus, argv)
-        log.info("starting %d processes: %s", gpus, " ".join(cmd))
-        raise typer.Exit(subprocess.run(cmd, check=False).returncode)
-
-    rank = int(os.environ.get("RANK", "0"))
-    if rank > 0:  # one process speaks for all
+        _check_gpus(gpus, device)
+        raise typer.Exit(run_under_torchrun(gpus, _eval_argv(model_id, {
+            "coco": coco, "ann": ann, "images": images, "weights": weights, "out": out, **options, "all": all_,
+            "json": as_json})))
+    if process_rank() > 0:  # one process speaks for all
         logging.getLogger("anzoo").setLevel(logging.WARNING)
-    from .data.coco import load_coco_annotations
-
-    coco_index = load_coco_annotations(files.ann_file)
-    if options["batch_size"] is None:
-        import torch
-
-        options["batch_size"] = 4 if device != EvalDevice.cpu and torch.cuda.is_available() else 1
-
-    if not all_:
-        assert model_id is not None
-        result = _eval_one(model_id, weights, coco_index, files, out or Path("anzoo-eval") / model_id, **options)
-        if rank == 0:
-            if as_json:
-                print_json({k: v for k, v in result.to_json().items() if k != "summaries"})
-            else:
-                _print_eval(result)
+    if all_:
+        report = evaluate_zoo(files, out or Path("anzoo-eval"),
+                              on_error=lambda entry_id, exc: print_error(f"{entry_id}: {exc}"), **options)
+        if report.markdown_file is not None:  # rank 0
+            _print_zoo_report(report, as_json)
+            if report.failed:
+                raise typer.Exit(1)
         return
+    assert model_id is not None
+    result = evaluate_zoo_model(model_id, files, out or Path("anzoo-eval") / model_id, weights=weights, **options)
+    if process_rank() == 0:
+        _print_eval(result, as_json)
 
-    from . import zoo
-    from .evaluation import ReportRow, markdown_report
-    from .fileio import atomic_write_json, atomic_write_text
-
-    root = out or Path("anzoo-eval")
-    rows: list[ReportRow] = []
-    for entry in zoo.list_entries():
-        row = ReportRow(entry)
-        rows.append(row)
-        if not entry.has_weights:
-            continue
-        log.info("evaluating %s", entry.id)
-        try:
-            row.result = _eval_one(entry.id, None, coco_index, files, root / entry.id, **options)
-        except AnzooError as exc:
-            row.error = str(exc)
-            if rank == 0:
-                print_error(f"{entry.id}: {exc}")
-    if rank > 0:
-        return
-    report = root / "report.md"
-    atomic_write_text(report, markdown_report(rows))
-    atomic_write_json(root / "report.json", [
-        {"id": r.entry.id, "error": r.error,
-         "result": None if r.result is None else {k: v for k, v in r.result.to_json().items() if k != "summaries"}}
-        for r in rows])
-    if as_json:
-        print_json(json.loads((root / "report.json").read_text(encoding="utf-8")))
-    else:
-        console.print(report.read_text(encoding="utf-8"), markup=False, highlight=False)
-        console.print(f"report: {report}", highlight=False)
-    if any(r.error for r in rows):
-        raise typer.Exit(1)
 
 # =========================================================================== serve
+#: the serve limits, in the units people type (ServeSettings holds them in bytes and seconds)
+MaxBatchOpt = Annotated[int, typer.Option(
+    "--max-batch", min=1, help="Most images per forward pass (1: no batching).")]
+MaxWaitOpt = Annotated[float, typer.Option(
+    "--max-wait-ms", min=0.0, help="How long an image may wait for batch mates.")]
+MaxQueueOpt = Annotated[int, typer.Option(
+    "--max-queue", min=1, help="Images that may wait for the model; beyond: 503 + Retry-After.")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=0.1, help="Seconds a request may take once its body is received: 504 past it, and 503 at "
+                               "once when the queue's expected wait is longer.")]
+MaxBodyOpt = Annotated[float, typer.Option(
+    "--max-body-mb", min=0.001, help="Largest request body, in MB (10^6 bytes).")]
+MaxPixelsOpt = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Largest image, in pixels (checked before decoding; the model sees at most "
+                                "1333x800 of it).")]
+ReadTimeoutOpt = Annotated[float, typer.Option(
+    "--read-timeout", min=0.1, help="Seconds a request body may pause; it must also arrive within this plus "
+                                    "its size at --read-min-rate. Else 408.")]
+ReadMinRateOpt = Annotated[float, typer.Option(
+    "--read-min-rate", min=0.001, help="Slowest average upload accepted, in kB/s.")]
+MaxBufferedOpt = Annotated[float, typer.Option(
+    "--max-buffered-mb", min=1.0, help="Request bodies held in memory at once (received, not yet decoded), "
+                                       "MB; beyond: 503.")]
+DecodeMemoryOpt = Annotated[float, typer.Option(
+    "--decode-memory-mb", min=1.0, help="Memory for images being decoded at once (estimated from their "
+                                        "headers), MB; other decodes wait.")]
+MaxMaskOpt = Annotated[float, typer.Option(
+    "--max-mask-mpx", min=0.001, help="Most mask pixels pasted per request, in Mpx (boxes clipped to the "
+                                      "image); lower-scoring instances past it are left out.")]
+CorsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--cors-origin", help="Allow browser pages from this origin (repeatable; '*' for any). "
+                          "Off by default.", show_default=False)]
+
+
 @command("serve")
 def serve(
     models: Annotated[Optional[list[str]], typer.Option(
@@ -631,42 +656,20 @@ def serve(
         "--host", help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, envvar="ANZOO_PORT",
                                       help="TCP port (or $ANZOO_PORT).")] = 8000,
-    max_batch: Annotated[int, typer.Option(
-        "--max-batch", min=1, help="Most images per forward pass (1: no batching).")] = 8,
-    max_wait_ms: Annotated[float, typer.Option(
-        "--max-wait-ms", min=0.0, help="How long an image may wait for batch mates.")] = 10.0,
+    max_batch: MaxBatchOpt = 8,
+    max_wait_ms: MaxWaitOpt = 10.0,
     fp16: Fp16Opt = False,
-    max_queue: Annotated[int, typer.Option(
-        "--max-queue", min=1, help="Images that may wait for the model; beyond: 503 + Retry-After.")] = 64,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.1, help="Seconds a request may take once its body is received: 504 past it, and 503 at "
-                                   "once when the queue's expected wait is longer.")] = 60.0,
-    max_body_mb: Annotated[float, typer.Option(
-        "--max-body-mb", min=0.001, help="Largest request body, in MB (10^6 bytes).")] = 20.0,
-    # the default is anzoo.data.images.DEFAULT_MAX_PIXELS, not imported: the CLI starts without numpy
-    max_pixels: Annotated[int, typer.Option(
-        "--max-pixels", min=1, help="Largest image, in pixels (checked before decoding; the model sees at most "
-                                    "1333x800 of it).")] = 50_000_000,
-    read_timeout: Annotated[float, typer.Option(
-        "--read-timeout", min=0.1, help="Seconds a request body may pause; it must also arrive within this plus "
-                                        "its size at --read-min-rate. Else 408.")] = 10.0,
-    read_min_rate: Annotated[float, typer.Option(
-        "--read-min-rate", min=0.001, help="Slowest average upload accepted, in kB/s.")] = 50.0,
-    max_buffered_mb: Annotated[float, typer.Option(
-        "--max-buffered-mb", min=1.0, help="Request bodies held in memory at once (received, not yet decoded), "
-                                           "MB; beyond: 503.")] = 256.0,
-    decode_memory_mb: Annotated[float, typer.Option(
-        "--decode-memory-mb", min=1.0, help="Memory for images being decoded at once (estimated from their "
-                                            "headers), MB; other decodes wait.")] = 1000.0,
-    max_mask_mpx: Annotated[float, typer.Option(
-        "--max-mask-mpx", min=0.001, help="Most mask pixels pasted per request, in Mpx (boxes clipped to the "
-                                          "image); lower-scoring instances past it are left out.")] = 200.0,
-    cors_origins: Annotated[Optional[list[str]], typer.Option(
-        "--cors-origin", help="Allow browser pages from this origin (repeatable; '*' for any). "
-                              "Off by default.", show_default=False)] = None,
-    scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", min=SCALE_MIN, max=SCALE_MAX,
-        help="Test scale: longest and shortest side limits (the table used 1333 800).")] = (1333, 800),
+    max_queue: MaxQueueOpt = 64,
+    timeout: TimeoutOpt = 60.0,
+    max_body_mb: MaxBodyOpt = 20.0,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    read_timeout: ReadTimeoutOpt = 10.0,
+    read_min_rate: ReadMinRateOpt = 50.0,
+    max_buffered_mb: MaxBufferedOpt = 256.0,
+    decode_memory_mb: DecodeMemoryOpt = 1000.0,
+    max_mask_mpx: MaxMaskOpt = 200.0,
+    cors_origins: CorsOpt = None,
+    scale: TestScaleOpt = TEST_SCALE,
 ) -> None:
     """Serve instance segmentation over HTTP: POST /segment, a web page at /, /metrics.
 
@@ -694,7 +697,7 @@ def serve(
     for model_id in model_ids:
         log.info("loading %s", model_id)
         loaded[model_id] = load_model(model_id, weights, device)
-    app = create_app(loaded, settings=settings, device=device, fp16=fp16, scale=(max(scale), min(scale)))
+    app = create_app(loaded, settings=settings, device=device, fp16=fp16, scale=_long_short(scale))
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it may use it "
@@ -704,6 +707,7 @@ def serve(
              ", API key required" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5,
                 timeout_graceful_shutdown=max(5, int(timeout)))
+
 
 # =========================================================================== train
 @command("train")

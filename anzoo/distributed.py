@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from .errors import AnzooError
 
-__all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "torchrun_command"]
+__all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "process_rank", "run_under_torchrun",
+           "torchrun_command"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ TIMEOUT = datetime.timedelta(hours=2)
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several started by torchrun (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_rank() -> int:
+    """This process's rank among those torchrun started (0 when alone), from the environment:
+    known before the process group is joined (to keep the other ranks quiet, say)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 @dataclass
@@ -142,3 +149,12 @@ def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
     """The command line that runs ``anzoo <args>`` in ``nproc`` processes on this machine."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
             "-m", "anzoo", *args]
+
+
+def run_under_torchrun(nproc: int, args: Sequence[str]) -> int:
+    """Run ``anzoo <args>`` in ``nproc`` processes under torchrun and wait; their exit code."""
+    import subprocess
+
+    cmd = torchrun_command(nproc, args)
+    log.info("starting %d processes: %s", nproc, " ".join(cmd))
+    return subprocess.run(cmd, check=False).returncode

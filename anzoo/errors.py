@@ -54,5 +54,9 @@ class DatasetError(AnzooError):
     """A dataset folder or annotation file is missing or malformed."""
 
 
+class CacheError(AnzooError):
+    """The weights cache cannot be written (disk full, file too large, read-only, no permission)."""
+
+
 class TrainingDiverged(AnzooError):
     """The training loss or the gradients became NaN or infinite."""

@@ -20,10 +20,16 @@ Google Drive files go through gdown; any other http(s) URL (``--url``, ``weights
 and progress bar. ``ANZOO_OFFLINE=1`` turns every network access into an
 :class:`~anzoo.errors.OfflineError` that says which file is missing and where to put it.
 Checkpoints are only ever read with ``torch.load(weights_only=True)``.
+
+A cache that cannot be written (disk full, file too large, read-only, no permission) gives
+one :class:`~anzoo.errors.CacheError` naming its folder; a read-only cache (a shared, mounted
+one) still serves the files it holds and has verified, without a lock: nothing can change it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -35,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, DownloadError, IntegrityError, OfflineError
+from .errors import CacheError, CheckpointError, DownloadError, IntegrityError, OfflineError
 from .zoo import WeightsSpec, get_backbone_entry, get_entry
 
 __all__ = [
@@ -67,6 +73,14 @@ READ_TIMEOUT = 60.0
 DOWNLOAD_RETRIES = 2
 #: how long a process waits for another one that is fetching the same entry.
 LOCK_TIMEOUT = 2 * 3600.0
+
+#: the oldest gdown whose download() takes every argument _transfer passes (hasher, timeout
+#: and retries came in 6.3; progress in 6.0)
+GDOWN_MIN_VERSION = "6.3"
+
+#: errors of a cache that cannot take a write: reported as such, never as "try the next mirror"
+_READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 _DOWNLOAD_NAME = ".download"  # the raw file inside a .partial folder
 _SIDECAR_SUFFIX = ".sha256"
@@ -256,13 +270,23 @@ def _fetch(item: _Item, *, force: bool, url: str | None, progress: bool) -> Path
         why = f" ({item.notes})" if item.notes else ""
         raise DownloadError(f"{item.label} has no released weights{why}; give a URL with --url, "
                             f"or register your own checkpoint with `{item.command('import', 'FILE')}`")
-    with _locked(item):
-        _remove_leftovers(item)
+    with _cache_errors(item), _locked(item) as writable:
+        if writable:
+            _remove_leftovers(item)
         if not force:
             checkpoint = _state(item).checkpoint
             if checkpoint is not None:
                 _verify(item, checkpoint)
+                if url is not None:
+                    logger.warning("the cache already holds the weights of %s (%s), so %s was not used; "
+                                   "to fetch them from it, add --force: `%s`", item.label, checkpoint, url,
+                                   item.command("download", "--url", url, "--force"))
                 return checkpoint
+        if not writable:
+            held = "" if force else " and holds no verified weights of " + item.label
+            raise CacheError(f"the weights cache {item.root} is read-only{held}: "
+                             f"set {ENV_HOME} to a folder you can write to")
+        if not force:
             placed = item.folder / item.filename
             if placed.is_file():  # copied there by hand, e.g. on an offline machine
                 logger.info("adding %s to the cache", placed)
@@ -279,7 +303,10 @@ def _import(item: _Item, file: str | os.PathLike[str], validate: Validator | Non
     path = Path(file).expanduser()
     if not path.is_file():
         raise CheckpointError(f"no such file: {path}")
-    with _locked(item):
+    with _cache_errors(item), _locked(item) as writable:
+        if not writable:
+            raise CacheError(f"the weights cache {item.root} is read-only: set {ENV_HOME} to a folder "
+                             "you can write to")
         _remove_leftovers(item)
         return _install_file(item, path, validate=validate or _IMPORT_VALIDATORS.get(item.kind))
 
@@ -312,9 +339,11 @@ def _install_file(item: _Item, file: Path, validate: Validator | None) -> Path:
     with _staging(item) as staging:
         raw = staging / _DOWNLOAD_NAME
         try:
-            shutil.copyfile(file, raw)
+            source = open(file, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from None
+        with source, open(raw, "wb") as copy:  # write errors: CacheError (_cache_errors)
+            shutil.copyfileobj(source, copy, 1 << 20)
         path = _finish(item, staging, raw, sha256_file(raw), origin=str(file),
                        error=CheckpointError, validate=validate)
         logger.info("imported %s as %s", file, path)
@@ -337,7 +366,7 @@ def _finish(item: _Item, staging: Path, raw: Path, digest: str, *, origin: str,
     if pinned and digest != pinned:
         raise IntegrityError(f"{origin} has sha256 {digest}, but the zoo pins {pinned} for {item.label}")
     if kind == "archive":
-        checkpoint = _unpack(raw, staging)
+        checkpoint = _unpack(raw, staging, origin)
         checkpoint_digest = sha256_file(checkpoint)
     else:
         checkpoint = raw.rename(staging / item.filename)
@@ -379,17 +408,25 @@ def _html_title(path: Path) -> str:
     return f" (titled {title[:80]!r})" if title else ""
 
 
-def _unpack(archive: Path, staging: Path) -> Path:
+def _unpack(archive: Path, staging: Path, origin: str) -> Path:
     """Extract a zip archive into ``staging``; the path of the checkpoint inside it."""
-    from .checkpoint import _checkpoint_member
+    from .checkpoint import _checkpoint_member, check_archive_bounds
 
-    with zipfile.ZipFile(archive) as zf:
-        member = _checkpoint_member(zf)  # CheckpointError when the archive holds none
-        for name in zf.namelist():
-            parts = Path(name).parts
-            if Path(name).is_absolute() or ".." in parts or (parts and parts[0] == _DOWNLOAD_NAME):
-                raise CheckpointError(f"the archive holds an unsafe path: {name!r}")
-        zf.extractall(staging, members=[n for n in zf.namelist() if "__MACOSX" not in n])
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            size = check_archive_bounds(zf, origin)  # before a byte is written
+            member = _checkpoint_member(zf)  # CheckpointError when the archive holds none
+            for name in zf.namelist():
+                parts = Path(name).parts
+                if Path(name).is_absolute() or ".." in parts or (parts and parts[0] == _DOWNLOAD_NAME):
+                    raise CheckpointError(f"the archive holds an unsafe path: {name!r}")
+            free = shutil.disk_usage(staging).free
+            if size > free:
+                raise OSError(errno.ENOSPC, f"the archive unpacks to {size / 2**20:.0f} MiB, "
+                                            f"{free / 2**20:.0f} MiB are free", str(staging))
+            zf.extractall(staging, members=[n for n in zf.namelist() if "__MACOSX" not in n])
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(f"{origin} is a damaged zip archive ({exc})") from None
     archive.unlink()
     return staging / member
 
@@ -445,6 +482,9 @@ def _staging(item: _Item) -> Iterator[Path]:
     unless :func:`_publish` renamed it into place."""
     item.root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{item.id}.", suffix=".partial", dir=item.root))
+    # mkdtemp makes it private (0700); once published, it is as readable as the cache itself
+    # (a shared, read-only cache serves other users too)
+    staging.chmod(item.root.stat().st_mode & 0o777)
     try:
         yield staging
     finally:
@@ -460,23 +500,59 @@ def _remove_leftovers(item: _Item) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _read_only(item: _Item) -> bool:
+    """Whether the cache cannot be written where the entry's lock lives (access(2) also
+    answers so for root on a read-only mount)."""
+    path = item.lock_path if item.lock_path.exists() else item.root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return not os.access(path, os.W_OK)
+
+
 @contextmanager
-def _locked(item: _Item) -> Iterator[None]:
+def _cache_errors(item: _Item) -> Iterator[None]:
+    """Turn an OSError of a cache that cannot take a write into one CacheError naming its folder."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _FULL_ERRNOS | _READ_ONLY_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        advice = (f"set {ENV_HOME} to a folder you can write to" if exc.errno in _READ_ONLY_ERRNOS else
+                  f"free some space there, or set {ENV_HOME} to a folder on a disk with room")
+        reason = exc.strerror or os.strerror(exc.errno)
+        raise CacheError(f"cannot write to the weights cache {item.root}: {reason}{where}; {advice}") from None
+
+
+@contextmanager
+def _locked(item: _Item) -> Iterator[bool]:
+    """Hold the entry's file lock and yield True; on a read-only cache, yield False without a
+    lock (nothing can change there, so only its verified files can be served)."""
     from filelock import FileLock, Timeout
 
-    item.root.mkdir(parents=True, exist_ok=True)
+    if _read_only(item):
+        yield False
+        return
     lock = FileLock(str(item.lock_path))
     try:
+        item.root.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0.2)
-    except Timeout:
+    except Timeout:  # (a TimeoutError, so an OSError: caught first)
         logger.info("waiting for another anzoo process that is fetching %s", item.label)
         try:
             lock.acquire(timeout=LOCK_TIMEOUT)
         except Timeout:
             raise DownloadError(f"gave up waiting for the lock {item.lock_path} after "
                                 f"{LOCK_TIMEOUT:.0f} s; is another anzoo process stuck?") from None
+    except OSError as exc:  # e.g. a read-only mount that access(2) did not report
+        if exc.errno not in _READ_ONLY_ERRNOS:
+            raise
+        lock = None
+    if lock is None:
+        yield False
+        return
     try:
-        yield
+        yield True
     finally:
         lock.release()
 
@@ -489,11 +565,25 @@ def _gdown_download(**kwargs):
     return gdown.download(**kwargs)
 
 
+def _check_gdown() -> None:
+    """One clear error instead of a TypeError when an older gdown than the declared one is
+    installed (anzoo passes timeouts and a hasher that gdown < 6.3 does not take)."""
+    import gdown
+
+    params = inspect.signature(gdown.download).parameters
+    missing = [p for p in ("progress", "hasher", "timeout", "retries") if p not in params]
+    if missing:
+        version = getattr(gdown, "__version__", "?")
+        raise DownloadError(f"gdown {version} is too old for anzoo (its download() takes no "
+                            f"{', '.join(missing)}); upgrade it: pip install 'gdown>={GDOWN_MIN_VERSION}'")
+
+
 def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str:
     """Download ``source`` to ``dest``; the sha256 of the bytes written."""
     import gdown.exceptions
     import requests
 
+    _check_gdown()
     hasher = hashlib.sha256()
     target = {"id": source.gdrive_id} if source.gdrive_id else {"url": source.url}
     with _progress_bar(label, enabled=progress) as report:
@@ -509,6 +599,8 @@ def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str
             reason = exc.response.reason if exc.response is not None else ""
             raise DownloadError(f"{source} answered HTTP {status} {reason}".rstrip()) from None
         except (requests.RequestException, gdown.exceptions.DownloadError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS | _READ_ONLY_ERRNOS:
+                raise  # the cache, not the source: CacheError (no other mirror would help)
             raise DownloadError(f"downloading {source} failed ({_network_reason(exc)})") from None
     if not dest.is_file():
         raise DownloadError(f"downloading {source} produced no file")

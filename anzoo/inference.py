@@ -34,18 +34,18 @@ import torch
 from PIL import Image
 
 from .data.images import load_image
-from .errors import AnzooError
 from .data.results import instances_to_records, records_from_parts
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
-from .factory import resolve_device
+from .errors import AnzooError
 from .fileio import atomic_write_bytes
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import MaskCrops, clipped_paste_windows, paste_masks_fast, paste_masks_legacy
+from .runtime import resolve_device
 from .structures import Instances
 from .visualize import draw_instances
 
-__all__ = ["Predictor", "MASK_PASTE_MODES", "FileResult"]
+__all__ = ["Predictor", "MASK_PASTE_MODES", "FileResult", "predict", "rank_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -115,43 +115,19 @@ class Predictor:
         """Full-image boolean masks for the detections scoring at least ``score_thr`` (and only
         the ``max_instances`` best of them), in the detector's order. The instances are chosen
         before pasting; each mask is an (H, W) array, for the Python API."""
-        det = self.select(det, score_thr, max_instances)
+        keep, _ = rank_indices(det, score_thr, max_instances)
+        det = det[keep.sort().values]  # back to the detector's order
         masks = self.paste_masks(det)
         return Instances(image_size=det.image_size, boxes=det.boxes.cpu(), scores=det.scores.cpu(),
                          labels=det.labels.cpu(), masks=None if masks is None else masks.cpu())
 
     @staticmethod
-    def select(det: Detections, score_thr: float = 0.0, max_instances: int | None = None) -> Detections:
-        """The detections scoring at least ``score_thr``, at most ``max_instances`` of them (the
-        highest scores), in the detector's order."""
-        keep = torch.nonzero(det.scores >= score_thr).flatten()
-        if max_instances is not None and keep.numel() > max_instances:
-            best = torch.sort(det.scores[keep], descending=True, stable=True).indices[:max(0, max_instances)]
-            keep = keep[best.sort().values]
-        return _take(det, keep)
-
-    @staticmethod
     def rank(det: Detections, score_thr: float = 0.0, max_instances: int | None = None,
              max_mask_pixels: int | None = None) -> tuple[Detections, int]:
-        """The detections to answer with, highest score first (stable), before any pasting.
-
-        Keeps those scoring at least ``score_thr``, the first ``max_instances``, and, with
-        ``max_mask_pixels``, only as many of them as have paste windows (the boxes clipped to
-        the image, :func:`~anzoo.models.detection.postprocess.clipped_paste_windows`) that cover
-        at most that many pixels together. Returns them and how many that cap left out.
-        """
-        keep = torch.nonzero(det.scores >= score_thr).flatten()
-        keep = keep[torch.sort(det.scores[keep], descending=True, stable=True).indices]
-        if max_instances is not None:
-            keep = keep[:max(0, max_instances)]
-        dropped = 0
-        if max_mask_pixels is not None and det.mask_probs is not None and keep.numel():
-            boxes = (det.mask_boxes if det.mask_boxes is not None else det.boxes)[keep]
-            _, _, win_w, win_h = clipped_paste_windows(boxes, det.image_size)
-            within = int(((win_w * win_h).cumsum(0) <= max_mask_pixels).sum())
-            dropped = keep.numel() - within
-            keep = keep[:within]
-        return _take(det, keep), dropped
+        """The detections to answer with, highest score first, before any pasting, and how
+        many the pasted-area cap left out (see :func:`rank_indices`)."""
+        keep, dropped = rank_indices(det, score_thr, max_instances, max_mask_pixels)
+        return det[keep], dropped
 
     def mask_crops(self, det: Detections) -> MaskCrops | None:
         """``det``'s masks, pasted one at a time when indexed, each only as its window of the
@@ -204,7 +180,7 @@ class Predictor:
         for idx in self.batches(metas):
             dets = self.detect_batch([prepared[i][0] for i in idx], [metas[i] for i in idx])
             for i, det in zip(idx, dets):
-                results[i] = self.select(det, score_thr)
+                results[i] = det[det.scores >= score_thr]
         return [r for r in results if r is not None]
 
     def predict_instances(self, images: Iterable[Any] | Any, score_thr: float = 0.0) -> list[Instances]:
@@ -282,6 +258,38 @@ class Predictor:
                 yield done[i] if i in done else FileResult(paths[i], [], None, None, 0.0, failed[i])
 
 
+def rank_indices(det: Detections, score_thr: float = 0.0, max_instances: int | None = None,
+                 max_mask_pixels: int | None = None) -> tuple[torch.Tensor, int]:
+    """Which detections to answer with, chosen before any pasting: the indices of those scoring
+    at least ``score_thr``, highest score first (stable), at most ``max_instances`` of them, and,
+    with ``max_mask_pixels``, only as many as have paste windows (the boxes clipped to the
+    image, :func:`~anzoo.models.detection.postprocess.clipped_paste_windows`) covering at most
+    that many pixels together. Returns them and how many that cap left out."""
+    keep = torch.nonzero(det.scores >= score_thr).flatten()
+    keep = keep[torch.sort(det.scores[keep], descending=True, stable=True).indices]
+    if max_instances is not None:
+        keep = keep[:max(0, max_instances)]
+    dropped = 0
+    if max_mask_pixels is not None and det.mask_probs is not None and keep.numel():
+        boxes = (det.mask_boxes if det.mask_boxes is not None else det.boxes)[keep]
+        _, _, win_w, win_h = clipped_paste_windows(boxes, det.image_size)
+        within = int(((win_w * win_h).cumsum(0) <= max_mask_pixels).sum())
+        dropped = keep.numel() - within
+        keep = keep[:within]
+    return keep, dropped
+
+
+def predict(model: TwoStageDetector, images: Iterable[Any] | Any, score_thr: float = 0.3,
+            **predictor_kwargs: Any) -> list[list[dict]]:
+    """Instance segmentation of PIL images, numpy arrays or paths (one or a list) with ``model``.
+
+    Returns, per image, its instances as JSON records ``{category_id, category_name, bbox
+    [x, y, w, h], score, segmentation (COCO RLE)}``, highest score first: the records ``anzoo
+    predict`` writes. ``predictor_kwargs`` go to :class:`Predictor` (``device``, ``scale``, ...).
+    """
+    return Predictor(model, **predictor_kwargs).predict_records(images, score_thr=score_thr)
+
+
 @dataclass
 class FileResult:
     """The outcome of predicting one image file."""
@@ -306,13 +314,6 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
         seen[name] = n + 1
         out.append(name if n == 0 else f"{name}-{n}")
     return out
-
-
-def _take(det: Detections, index: torch.Tensor) -> Detections:
-    """The detections at ``index`` (an int64 index tensor on det's device)."""
-    return Detections(det.image_size, det.boxes[index], det.scores[index], det.labels[index],
-                      None if det.mask_probs is None else det.mask_probs[index],
-                      None if det.mask_boxes is None else det.mask_boxes[index])
 
 
 def _as_list(images: Iterable[Any] | Any) -> list[Any]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from anzoo.structures import Instances, MaskCrop
+from .structures import Instances, MaskCrop
 
 __all__ = ["PALETTE", "draw_instances", "instance_colour"]
 
@@ -68,66 +68,81 @@ def draw_instances(
     boxes partly outside the image (clipped) and boxes wholly outside it (only their label,
     at the nearest edge). Non-finite boxes are not drawn.
     """
-    if isinstance(image_rgb, Image.Image):
-        base = np.array(image_rgb.convert("RGB"))
-    else:
-        base = np.asarray(image_rgb)
-        if base.ndim == 2:
-            base = np.repeat(base[:, :, None], 3, axis=2)
-        if base.ndim != 3 or base.shape[2] != 3 or base.dtype != np.uint8:
-            raise ValueError(f"draw_instances expects (H, W, 3) uint8 RGB, got {base.shape} {base.dtype}")
-        base = base.copy()
+    base = _rgb_copy(image_rgb)
     height, width = base.shape[:2]
-    scores_all = instances.scores.detach().cpu()
-    kept = torch.nonzero(scores_all >= score_thr).flatten()
-    order = kept[torch.sort(scores_all[kept], descending=True, stable=True).indices].tolist()
-    n = len(order)
-    colours = [instance_colour(k) for k in range(n)]
+    scores = instances.scores.detach().cpu()
+    kept = torch.nonzero(scores >= score_thr).flatten()
+    order = kept[torch.sort(scores[kept], descending=True, stable=True).indices].tolist()
+    colours = [instance_colour(k) for k in range(len(order))]
 
     if masks is None and instances.masks is not None:
         full = instances.masks.detach().cpu()
         masks = [MaskCrop.from_full(full[i]) for i in range(len(instances))]  # views, no copies
-    if draw_masks and masks is not None and n:
-        for k in reversed(range(n)):  # lowest score first, top score painted last
+    if draw_masks and masks is not None and order:
+        for k in reversed(range(len(order))):  # lowest score first, top score painted last
             crop = masks[order[k]]
             if crop.image_size != (height, width):
                 raise ValueError(f"masks are {crop.image_size}, image is {(height, width)}")
             _blend(base, crop, colours[k])
     out = Image.fromarray(base)
-    if not n or not (draw_boxes or draw_labels):
-        return out
+    if order and (draw_boxes or draw_labels):
+        _draw_boxes_and_labels(out, instances, order, colours, class_names, draw_boxes, draw_labels)
+    return out
 
+
+def _rgb_copy(image: np.ndarray | Image.Image) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB copy of ``image`` to draw on (a grey one is repeated to RGB)."""
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))
+    base = np.asarray(image)
+    if base.ndim == 2:
+        base = np.repeat(base[:, :, None], 3, axis=2)
+    if base.ndim != 3 or base.shape[2] != 3 or base.dtype != np.uint8:
+        raise ValueError(f"draw_instances expects (H, W, 3) uint8 RGB, got {base.shape} {base.dtype}")
+    return base.copy()
+
+
+def _draw_boxes_and_labels(out: Image.Image, instances: Instances, order: Sequence[int],
+                           colours: Sequence[tuple[int, int, int]], class_names: Sequence[str],
+                           draw_boxes: bool, draw_labels: bool) -> None:
+    """Box outlines and "name 0.93" labels of ``instances[order]`` (``colours[k]`` for the
+    ``k``-th), lowest score first, on ``out``."""
+    width, height = out.size
     draw = ImageDraw.Draw(out)
     line = max(1, round(max(height, width) / 400))
     font = _font(max(10, min(36, round(max(height, width) / 40))))
     boxes = instances.boxes.detach().cpu().numpy()
     labels = instances.labels.detach().cpu().to(torch.int64).numpy()
-    scores = scores_all.numpy()
-    for k in reversed(range(n)):
+    scores = instances.scores.detach().cpu().numpy()
+    for k in reversed(range(len(order))):
         i = order[k]
         if not np.isfinite(boxes[i]).all():
             continue
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         x1, x2 = min(x1, x2), max(x1, x2)
         y1, y2 = min(y1, y2), max(y1, y2)
-        colour = colours[k]
         if draw_boxes:
-            _outline(draw, (x1, y1, x2, y2), width, height, colour, line)
+            _outline(draw, (x1, y1, x2, y2), width, height, colours[k], line)
         if draw_labels:
             label = int(labels[i])
             name = class_names[label] if 0 <= label < len(class_names) else f"class {label}"
-            text = f"{name} {scores[i]:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            text_w, text_h = right - left, bottom - top
-            pad = max(1, line)
-            box_w, box_h = text_w + 2 * pad, text_h + 2 * pad
-            # Above the box when there is room, else inside its top edge; always in the image.
-            tx = min(max(0.0, x1), max(0.0, width - box_w))
-            ty = y1 - box_h if y1 - box_h >= 0 else y1
-            ty = min(max(0.0, ty), max(0.0, height - box_h))
-            draw.rectangle([tx, ty, tx + box_w, ty + box_h], fill=colour)
-            draw.text((tx + pad - left, ty + pad - top), text, fill=_text_colour(colour), font=font)
-    return out
+            _label(draw, f"{name} {scores[i]:.2f}", (x1, y1), width, height, colours[k], font, line)
+
+
+def _label(draw: ImageDraw.ImageDraw, text: str, corner: tuple[float, float], width: int, height: int,
+           colour: tuple[int, int, int], font: ImageFont.ImageFont | ImageFont.FreeTypeFont, line: int) -> None:
+    """``text`` on a ``colour`` patch above the box's top-left ``corner`` when there is room,
+    else inside its top edge; always in the image."""
+    x1, y1 = corner
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    text_w, text_h = right - left, bottom - top
+    pad = max(1, line)
+    box_w, box_h = text_w + 2 * pad, text_h + 2 * pad
+    tx = min(max(0.0, x1), max(0.0, width - box_w))
+    ty = y1 - box_h if y1 - box_h >= 0 else y1
+    ty = min(max(0.0, ty), max(0.0, height - box_h))
+    draw.rectangle([tx, ty, tx + box_w, ty + box_h], fill=colour)
+    draw.text((tx + pad - left, ty + pad - top), text, fill=_text_colour(colour), font=font)
 
 
 def _blend(canvas: np.ndarray, crop: MaskCrop, colour: tuple[int, int, int]) -> None:

@@ -159,6 +159,40 @@ def test_download_url_option(http_server):
     assert result.exit_code == 2 and "--url needs exactly one model id" in result.output
 
 
+def test_download_url_on_a_cached_entry_says_so(http_server, extra_zoo, anzoo_home):
+    zoo_url = http_server.add("/zoo.pth", checkpoint_bytes(seed=1))
+    own_url = http_server.add("/own.pth", checkpoint_bytes(seed=2))
+    extra_zoo(models=[{"id": "t", "weights": {"url": zoo_url}}])
+    path = anzoo_home / "models" / "t" / "t.pth"
+    assert run("download", "t").exit_code == 0
+    result = run("download", "t", "--url", own_url)
+    assert result.exit_code == 0, result.output  # the cached file is there, verified
+    assert result.stdout.strip() == f"t: {path}"
+    said = "".join(result.stderr.split())  # a warning, folded to the terminal's width
+    assert "".join(f"WARNING the cache already holds the weights of model t ({path}), so {own_url} was not used; "
+                   f"to fetch them from it, add --force: `anzoo download t --url {own_url} --force`".split()) in said
+    assert http_server.count("/own.pth") == 0 and path.read_bytes() == checkpoint_bytes(seed=1)
+
+    result = run("download", "t", "--url", own_url, "--force")
+    assert result.exit_code == 0 and "already holds" not in result.stderr
+    assert http_server.count("/own.pth") == 1 and path.read_bytes() == checkpoint_bytes(seed=2)
+
+
+def test_download_on_a_full_disk(http_server, extra_zoo, anzoo_home, monkeypatch):
+    import errno
+
+    def disk_full(**kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), kwargs["output"])
+
+    monkeypatch.setattr(hub, "_gdown_download", disk_full)
+    extra_zoo(models=[{"id": "t", "weights": {"url": http_server.url("/t.pth")}}])
+    result = run("download", "t")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert line.startswith(f"error: cannot write to the weights cache {anzoo_home / 'models'}: No space left on device")
+    assert line.endswith("free some space there, or set ANZOO_HOME to a folder on a disk with room")
+
+
 def test_download_failures(http_server, extra_zoo):
     url = http_server.add("/t.pth", HTML_QUOTA_PAGE, content_type="text/html")
     extra_zoo(models=[{"id": "t", "weights": {"url": url}}])

@@ -1,6 +1,7 @@
 """The weights cache, against a loopback HTTP server (never the real network)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -16,7 +17,7 @@ import torch
 
 from anzoo import hub
 from anzoo.checkpoint import read_checkpoint
-from anzoo.errors import CheckpointError, DownloadError, IntegrityError, OfflineError
+from anzoo.errors import CacheError, CheckpointError, DownloadError, IntegrityError, OfflineError
 
 HTML_QUOTA_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head>"
                    b"<body><p>Too many users have viewed or downloaded this file recently.</p></body></html>")
@@ -77,6 +78,15 @@ def test_download_records_sha256_and_reuses_the_file(http_server, extra_zoo, anz
     assert hub.cached_weights("t") == path
     assert torch.equal(read_checkpoint(path)["state_dict"]["module.conv.weight"],
                        torch.load(io.BytesIO(data), weights_only=True)["state_dict"]["module.conv.weight"])
+
+
+def test_cached_folder_is_as_readable_as_the_cache(http_server, extra_zoo, anzoo_home):
+    url = http_server.add("/t.pth", checkpoint_bytes())
+    extra_zoo(models=[{"id": "t", "weights": {"url": url}}])
+    (anzoo_home / "models").mkdir(parents=True)
+    (anzoo_home / "models").chmod(0o755)
+    path = hub.fetch_weights("t", progress=False)
+    assert path.parent.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700: other users read it too
 
 
 def test_legacy_torch_file_and_custom_filename(http_server, extra_zoo):
@@ -474,3 +484,184 @@ def test_cache_dir(monkeypatch, tmp_path):
     assert hub.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("ANZOO_HOME")
     assert hub.cache_dir() == Path.home() / ".cache" / "anzoo"
+
+
+# --------------------------------------------------------------------------- versions
+def test_gdown_floor_is_declared_and_an_older_gdown_gives_one_error(extra_zoo, monkeypatch):
+    import re
+
+    import gdown
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.search(rf'"gdown>={re.escape(hub.GDOWN_MIN_VERSION)}"', pyproject)
+    assert re.search(r'"torch>=2\.([5-9]|\d\d)"', pyproject)  # torch.serialization.safe_globals
+
+    def gdown_6_2(url=None, output=None, quiet=False, proxy=None, speed=None, use_cookies=True, verify=True,
+                  id=None, resume=False, format=None, user_agent=None, log_messages=None, progress=None,
+                  skip_download=False, cookies_file=None):  # noqa: A002 - gdown's own names
+        raise AssertionError("not reached: the check comes first")
+
+    def gdown_5(url=None, output=None, quiet=False, proxy=None, speed=None, use_cookies=True, verify=True,
+                id=None, fuzzy=False, resume=False, format=None, user_agent=None, log_messages=None):  # noqa: A002
+        raise AssertionError("not reached")
+
+    extra_zoo(models=[{"id": "t", "weights": {"url": "http://127.0.0.1:9/t.pth"}}])
+    monkeypatch.setattr(gdown, "__version__", "6.2.0")
+    monkeypatch.setattr(gdown, "download", gdown_6_2)
+    with pytest.raises(DownloadError) as info:
+        hub.fetch_weights("t", progress=False)
+    assert "gdown 6.2.0 is too old for anzoo (its download() takes no hasher, timeout, retries); " \
+           "upgrade it: pip install 'gdown>=6.3'" in str(info.value)
+    monkeypatch.setattr(gdown, "download", gdown_5)
+    with pytest.raises(DownloadError, match="takes no progress, hasher, timeout, retries"):
+        hub.fetch_weights("t", progress=False)
+
+
+# --------------------------------------------------------------------------- cache I/O errors
+def _fail(err: int):
+    def raise_(*args, **kwargs):
+        raise OSError(err, os.strerror(err), str(args[0]) if args else None)
+    return raise_
+
+
+@pytest.mark.parametrize("where, err", [
+    ("download", errno.ENOSPC), ("unpack", errno.EFBIG), ("sidecar", errno.EROFS), ("import", errno.EDQUOT),
+    ("staging", errno.EACCES),
+])
+def test_cache_write_errors_are_one_line_naming_the_folder(http_server, extra_zoo, anzoo_home, monkeypatch,
+                                                           tmp_path, where, err):
+    data = archive_bytes(checkpoint_bytes()) if where == "unpack" else checkpoint_bytes()
+    url = http_server.add("/t.bin", data)
+    mirror = http_server.add("/mirror.bin", data)
+    extra_zoo(models=[{"id": "t", "weights": {"url": url, "mirrors": [mirror]}}])
+    if where == "download":  # the disk fills up half-way through the transfer
+        def half_then_full(**kwargs):
+            Path(kwargs["output"]).write_bytes(data[: len(data) // 2])
+            _fail(err)(kwargs["output"])
+        monkeypatch.setattr(hub, "_gdown_download", half_then_full)
+    elif where == "unpack":
+        monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda self, path, *a, **k: _fail(err)(path))
+    elif where == "sidecar":
+        monkeypatch.setattr(hub, "_write_sidecar", _fail(err))
+    elif where == "import":
+        monkeypatch.setattr(hub.shutil, "copyfileobj", lambda src, dst, *a: _fail(err)(dst.name))
+    else:
+        monkeypatch.setattr(hub.tempfile, "mkdtemp", lambda *a, dir=None, **k: _fail(err)(dir))
+    with pytest.raises(CacheError) as info:
+        if where == "import":
+            file = tmp_path / "t.pth"
+            file.write_bytes(data)
+            hub.import_weights("t", file)
+        else:
+            hub.fetch_weights("t", progress=False)
+    message = str(info.value)
+    assert message.startswith(f"cannot write to the weights cache {anzoo_home / 'models'}: {os.strerror(err)}")
+    assert "\n" not in message and ("ANZOO_HOME" in message)
+    assert http_server.count("/mirror.bin") == 0  # another source would not help a full disk
+    assert cache_files(anzoo_home) == [] and hub.cached_weights("t") is None
+
+
+# --------------------------------------------------------------------------- archive bounds
+def _claiming_zip(claimed: int, members: int = 2) -> bytes:
+    """A small zip whose directory claims ``claimed`` uncompressed bytes per member."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(members):
+            zf.writestr(f"r50/part{i}.pth", b"x" * 100)
+    data = bytearray(buf.getvalue())
+    start = data.find(b"PK\x01\x02")
+    while start >= 0:  # central directory headers: uncompressed size at offset 24
+        data[start + 24: start + 28] = claimed.to_bytes(4, "little")
+        start = data.find(b"PK\x01\x02", start + 4)
+    return bytes(data)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["claims", "holds", "members"])
+def test_archive_bounds_are_checked_before_unpacking(tmp_path, anzoo_home, monkeypatch, case):
+    from anzoo import checkpoint
+
+    if case == "claims":  # 600 bytes that claim 7.5 GiB
+        data, expected = _claiming_zip(0xF0000000), r"unpacks to 7\.5 GiB; .* at most 4\.0 GiB"
+    elif case == "holds":  # 3 MiB of zeros in a 3 kB file, against a 1 MiB limit
+        monkeypatch.setattr(checkpoint, "MAX_ARCHIVE_BYTES", 1 << 20)
+        data = _zip({"r50/model_best.pth.tar": bytes(3 << 20)})
+        expected = r"unpacks to 3\.0 MiB; .* at most 1\.0 MiB"
+    else:
+        data = _zip({f"r50/{i}.txt": b"" for i in range(1001)} | {"r50/model_best.pth.tar": checkpoint_bytes()})
+        expected = "holds 1002 files; a checkpoint archive may hold at most 1000"
+    assert len(data) < 200_000
+    extracted = []
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda *a, **k: extracted.append(a))
+    file = tmp_path / "bomb.zip"
+    file.write_bytes(data)
+    with pytest.raises(CheckpointError, match=expected):
+        hub.import_backbone_weights("r50-an", file)
+    with pytest.raises(CheckpointError, match=expected):  # read in place (--weights FILE): never in memory
+        read_checkpoint(file)
+    assert extracted == [] and cache_files(anzoo_home) == []
+
+
+def test_damaged_archive_is_a_checkpoint_error(tmp_path, anzoo_home):
+    data = bytearray(archive_bytes(checkpoint_bytes()))
+    at = data.find(b"model_best.pth.tar") + 200  # inside the stored checkpoint's bytes
+    data[at] ^= 0xFF
+    file = tmp_path / "damaged.zip"
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{file} is a damaged zip archive \(Bad CRC-32"):
+        hub.import_backbone_weights("r50-an", file)
+    assert cache_files(anzoo_home) == []
+
+
+# --------------------------------------------------------------------------- read-only cache
+class _ReadOnlyMountLock:
+    """filelock.FileLock on a read-only mount: creating the lock file fails with EROFS."""
+
+    def __init__(self, path, *args, **kwargs):
+        self.path = path
+
+    def acquire(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), self.path)
+
+
+@pytest.mark.parametrize("how", ["chmod", "read-only mount"])
+def test_read_only_cache_serves_its_verified_files(http_server, extra_zoo, anzoo_home, monkeypatch, tmp_path, how):
+    import filelock
+
+    url = http_server.add("/t.pth", checkpoint_bytes())
+    extra_zoo(models=[{"id": "t", "weights": {"url": url}}, {"id": "u", "weights": {"url": url}}])
+    path = hub.fetch_weights("t", progress=False)
+    (anzoo_home / "models" / ".t.lock").unlink(missing_ok=True)  # as a cache copied onto a mount
+    folders = [p for p in [anzoo_home, *anzoo_home.rglob("*")] if p.is_dir()]
+    if how == "chmod":
+        for folder in folders:
+            folder.chmod(0o555)
+        if os.access(anzoo_home / "models", os.W_OK):
+            for folder in folders:
+                folder.chmod(0o755)
+            pytest.skip("chmod does not stop this user (root) from writing; the mount case covers it")
+    else:
+        monkeypatch.setattr(filelock, "FileLock", _ReadOnlyMountLock)
+    monkeypatch.setenv("ANZOO_OFFLINE", "1")
+    try:
+        assert hub.fetch_weights("t") == path
+        with pytest.raises(CacheError, match=rf"the weights cache {anzoo_home / 'models'} is read-only and holds "
+                                             r"no verified weights of model u: set ANZOO_HOME to a folder"):
+            hub.fetch_weights("u")
+        with pytest.raises(CacheError, match="is read-only: set ANZOO_HOME"):
+            hub.fetch_weights("t", force=True)
+        file = tmp_path / "own.pth"
+        file.write_bytes(checkpoint_bytes(seed=5))
+        with pytest.raises(CacheError, match="is read-only: set ANZOO_HOME"):
+            hub.import_weights("t", file)
+        assert hub.fetch_weights("t") == path and http_server.count("/t.pth") == 1
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)

@@ -75,6 +75,8 @@ def _an_bn_expected(layer: AttentiveBatchNorm2d, xn: np.ndarray, train: bool) ->
     return _mix(xhat, lam, _np(layer.mixture_weight), _np(layer.mixture_bias))
 
 
+# measured (outputs, running statistics): <= 7.1e-15 in float64, <= 1.9e-6 in float32, on every
+# kernel choice (tools/kernel_spread.py --tests)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_attentive_batch_norm_train_mode(x: torch.Tensor, dtype: torch.dtype, tol: float) -> None:
     layer = AttentiveBatchNorm2d(C, K)
@@ -97,6 +99,7 @@ def test_attentive_batch_norm_train_mode(x: torch.Tensor, dtype: torch.dtype, to
     assert int(layer.attention.norm.num_batches_tracked) == 1
 
 
+# measured: <= 7.1e-15 in float64, <= 3.5e-6 in float32 (ATEN_CPU_CAPABILITY=default; 1.7e-6 as is)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_attentive_batch_norm_eval_mode(x: torch.Tensor, dtype: torch.dtype, tol: float) -> None:
     gen = torch.Generator().manual_seed(2)
@@ -125,7 +128,7 @@ def test_attentive_batch_norm_norm_child_in_eval_uses_running_stats(x: torch.Ten
     layer.norm.eval()
     layer.attention.norm.eval()
     expected = _an_bn_expected(layer, _np(x), train=False)
-    np.testing.assert_allclose(_np(layer(x)), expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_np(layer(x)), expected, rtol=1e-10, atol=1e-10)  # measured: <= 5.3e-15
     assert int(layer.norm.num_batches_tracked) == 0
 
 
@@ -202,7 +205,7 @@ def test_switch_norm_with_instance_weights_only_is_instance_norm(x: torch.Tensor
         sn.var_weight.copy_(torch.tensor([50.0, 0.0, 0.0]))
     flat = _np(x).reshape(N, C, -1)
     expected = ((flat - flat.mean(-1, keepdims=True)) / np.sqrt(flat.var(-1, ddof=1, keepdims=True) + BN_EPS))
-    np.testing.assert_allclose(_np(sn(x)).reshape(N, C, -1), expected, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(_np(sn(x)).reshape(N, C, -1), expected, rtol=1e-8, atol=1e-8)  # measured: 1.3e-15
 
 
 @pytest.mark.parametrize("kind", ["an", "an_gn", "sn"])
@@ -220,12 +223,13 @@ def test_statistics_stay_fp32_under_autocast(kind: str) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = layer(xf)
         assert out.dtype == torch.float32
-        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)  # measured: 0 (the same fp32 kernels)
         # a bf16 input (e.g. a conv's output under autocast) gives a bf16 output, computed in fp32
         xb = xf.bfloat16()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outb = layer(xb)
         assert outb.dtype == torch.bfloat16
+        # bf16 rounding of the output, not kernels: measured 0.245 (a third of the limit) everywhere
         torch.testing.assert_close(outb.float(), layer(xb.float()), rtol=1e-2, atol=1e-2)
 
 

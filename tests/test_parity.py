@@ -5,8 +5,9 @@ itself (``tools/parity/``: its test pipeline and heads on the CPU, with float32 
 of its NMS and RoIAlign CUDA kernels) from the deterministic checkpoints of
 ``tests/parity_weights.py``, on a scikit-image photo. Here anzoo loads the same checkpoint file,
 in the original key layout, through ``create_model(pretrained=PATH)`` and must give the same
-detections: same count, same classes, the same boxes and scores to float32 rounding and the
-same masks (legacy paste), pixel for pixel up to a few boundary pixels.
+detections: same count, same classes, the same boxes and scores up to the float32 rounding
+that differs from one CPU's kernels to another's, and the same masks (legacy paste), pixel for
+pixel up to a few boundary pixels.
 """
 from __future__ import annotations
 
@@ -28,11 +29,17 @@ from parity_weights import save_parity_checkpoint
 FIXTURES = Path(__file__).parent / "data" / "parity"
 ROWS = sorted(p.name[: -len(".json.gz")] for p in FIXTURES.glob("*.json.gz"))
 
-#: float32 sums in another order (convolutions, RoIAlign accumulation) move boxes by far less
-BOX_TOL = 0.01  # pixels of the original image (measured: <= 1e-4)
-SCORE_TOL = 1e-5  # measured: <= 2e-6
+#: Each CPU sums float32 convolutions in its own order (oneDNN, MKL and ATen pick kernels by
+#: instruction set, thread count and shape), so the differences to the reference are set from
+#: their spread across kernel choices, with a margin; `python tools/kernel_spread.py` measures
+#: it. Largest over the 16 rows, measured on an AVX2 machine as it is (2 threads), with 1
+#: thread, ONEDNN_MAX_CPU_ISA=SSE41, ATEN_CPU_CAPABILITY=default (alone and with
+#: ONEDNN_MAX_CPU_ISA=AVX2, as CI's second run) and MKL_ENABLE_INSTRUCTIONS=SSE4_2, and on an
+#: AVX-512 machine (issue 13): all in r50-bn, the most sensitive row.
+SCORE_TOL = 1e-4  # measured: 1.5e-6 as is; 2.1e-5 / 2.8e-5 / 3.3e-5 (1 thread / SSE41 / ATen default); 2.3e-5 AVX-512
+BOX_TOL = 0.01  # pixels of the original image; measured: 9.2e-5 as is; 1.5e-3 / 1.5e-3 / 2.5e-3; 1.8e-3 AVX-512
 #: mask pixels allowed to differ per instance (a mask logit within rounding of the 0.5 cut)
-MASK_PIXELS_TOL = 2  # measured: 0, except 1 pixel of one r50-an-gn mask
+MASK_PIXELS_TOL = 6  # measured: 1 as is (one r50-an-gn mask); 1 / 1 / 2
 
 
 def load_fixture(row: str) -> dict:

@@ -171,6 +171,7 @@ def test_box_head_loss_normalised_by_all_samples():
     targets[3] = torch.tensor([0.0, 0, 0, 0.5])  # 0.5 * 0.25 = 0.125
     deltas[1] = 100.0  # negatives' deltas do not count
     loss_cls, loss_bbox = box_head_loss(logits, deltas, labels, targets, class_agnostic=False)
+    # approx (relative 1e-6): float32 losses vs exact values, measured <= 2e-8 on every kernel choice
     assert loss_cls.item() == pytest.approx(math.log(3))
     assert loss_bbox.item() == pytest.approx(0.625 / 4)
     # the class-specific slice of the label is used: a wrong slice would see 100

@@ -21,9 +21,10 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from anzoo.data.coco_format import check_coco_dataset
-from anzoo.data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
-from anzoo.data.transforms import (
+from ..errors import AnzooError, DatasetError
+from .coco_format import check_coco_dataset
+from .images import DEFAULT_MAX_PIXELS, load_image, read_image_size
+from .transforms import (
     SIZE_DIVISOR,
     TEST_SCALE,
     ImageMeta,
@@ -32,7 +33,6 @@ from anzoo.data.transforms import (
     preprocess_image,
     rescale_size,
 )
-from anzoo.errors import AnzooError, DatasetError
 
 __all__ = [
     "COCO_CATEGORIES",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anzoo.errors import AnzooError
-from anzoo.fileio import atomic_path
+from ..errors import AnzooError
+from ..fileio import atomic_path
 
 __all__ = ["demo_image", "demo_image_description", "demo_image_names", "save_demo_image"]
 

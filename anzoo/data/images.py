@@ -50,7 +50,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from anzoo.errors import AnzooError, ImageError, UnsupportedImageFormatError
+from ..errors import AnzooError, ImageError, UnsupportedImageFormatError
+from .defaults import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -66,14 +67,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Largest image accepted by default: 50 Mpx (e.g. 8660 x 5774; a 48 Mpx phone photo,
-#: 8064 x 6048, passes). The detectors look at the image resized to fit (1333, 800), at most
-#: 1.07 Mpx: a 50 Mpx photo is already shrunk 6.8 times per side, so more pixels only cost
-#: memory (about 7 bytes per pixel while decoding) and time, never detections.
-#: Pillow's own bomb guard stays in force above 2 x ``Image.MAX_IMAGE_PIXELS`` even with
-#: ``max_pixels=None``.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 #: The formats :func:`load_image` decodes, as Pillow names them (a JPEG with several
 #: pictures, MPO, is opened by Pillow's JPEG plugin).

@@ -28,7 +28,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
-from anzoo.structures import Instances, MaskCrop
+from ..structures import Instances, MaskCrop
 
 __all__ = [
     "boxes_to_xywh",

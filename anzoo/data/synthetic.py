@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from anzoo.data.results import encode_mask_rle
-from anzoo.fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_path, atomic_write_json
+from .results import encode_mask_rle
 
 __all__ = ["DEFAULT_CATEGORIES", "make_synthetic_coco", "mask_bbox"]
 
@@ -85,18 +85,7 @@ def make_synthetic_coco(
             the first image.
         with_empty_image: make the last image background only, with no annotations.
     """
-    if num_images < 1:
-        raise ValueError("num_images must be >= 1")
-    if image_format not in ("jpg", "png"):
-        raise ValueError("image_format must be 'jpg' or 'png'")
-    if not categories:
-        raise ValueError("need at least one category")
-    if isinstance(image_size[0], numbers.Integral):
-        sizes = [(int(image_size[0]), int(image_size[1]))]
-    else:
-        sizes = [(int(s[0]), int(s[1])) for s in image_size]
-    if not sizes or any(h < 16 or w < 16 for h, w in sizes):
-        raise ValueError(f"image sizes must be at least 16x16, got {sizes}")
+    sizes = _checked_sizes(num_images, image_size, categories, image_format)
     root = Path(root)
     image_dir = root / split
     ann_dir = root / "annotations"
@@ -111,26 +100,9 @@ def make_synthetic_coco(
     for i in range(num_images):
         height, width = (int(v) for v in sizes[i % len(sizes)])
         image_id = 100 + 3 * i  # non-contiguous ids, like COCO's
-        canvas = _background(rng, height, width)
-        occupied = np.zeros((height, width), dtype=bool)
         empty = with_empty_image and i == num_images - 1
-        objects: list[tuple[int, np.ndarray, int]] = []  # (category index, mask, iscrowd)
-        if not empty:
-            wanted = int(rng.integers(min_objects, max_objects + 1))
-            for _ in range(wanted):
-                cat_index = int(rng.integers(len(cats)))
-                mask = _place_shape(rng, _SHAPES[cat_index % len(_SHAPES)], occupied)
-                if mask is None:
-                    continue
-                canvas[mask] = _COLOURS[cat_index % len(_COLOURS)]
-                occupied |= _dilate(mask)
-                objects.append((cat_index, mask, 0))
-            if with_crowd and i == 0:
-                crowd = _place_crowd(rng, occupied)
-                if crowd is not None:
-                    canvas[crowd] = _CROWD_COLOUR
-                    occupied |= _dilate(crowd)
-                    objects.append((0, crowd, 1))
+        canvas, objects = _draw_image(rng, height, width, len(cats), None if empty else (min_objects, max_objects),
+                                      crowd=with_crowd and i == 0)
         file_name = f"{image_id:012d}.{image_format}"
         _save_image(canvas, image_dir / file_name, image_format)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
@@ -155,6 +127,54 @@ def make_synthetic_coco(
     ann_file = ann_dir / f"instances_{split}.json"
     atomic_write_json(ann_file, dataset, indent=None)
     return ann_file
+
+
+def _checked_sizes(num_images: int, image_size: tuple[int, int] | Sequence[tuple[int, int]],
+                   categories: Sequence[dict[str, Any]], image_format: str) -> list[tuple[int, int]]:
+    """The (height, width) of the images in turn, after checking :func:`make_synthetic_coco`'s arguments."""
+    if num_images < 1:
+        raise ValueError("num_images must be >= 1")
+    if image_format not in ("jpg", "png"):
+        raise ValueError("image_format must be 'jpg' or 'png'")
+    if not categories:
+        raise ValueError("need at least one category")
+    if isinstance(image_size[0], numbers.Integral):
+        sizes = [(int(image_size[0]), int(image_size[1]))]
+    else:
+        sizes = [(int(s[0]), int(s[1])) for s in image_size]
+    if not sizes or any(h < 16 or w < 16 for h, w in sizes):
+        raise ValueError(f"image sizes must be at least 16x16, got {sizes}")
+    return sizes
+
+
+_Objects = list[tuple[int, np.ndarray, int]]  # (category index, mask, iscrowd)
+
+
+def _draw_image(rng: np.random.Generator, height: int, width: int, num_categories: int,
+                num_objects: tuple[int, int] | None, crowd: bool) -> tuple[np.ndarray, _Objects]:
+    """One image and its objects as (category index, mask, iscrowd): the background, between
+    ``num_objects`` (min, max) shapes (fewer when they do not fit) and, with ``crowd``, a crowd
+    region; ``num_objects`` None: the background only."""
+    canvas = _background(rng, height, width)
+    occupied = np.zeros((height, width), dtype=bool)
+    objects: _Objects = []
+    if num_objects is None:
+        return canvas, objects
+    for _ in range(int(rng.integers(num_objects[0], num_objects[1] + 1))):
+        cat_index = int(rng.integers(num_categories))
+        mask = _place_shape(rng, _SHAPES[cat_index % len(_SHAPES)], occupied)
+        if mask is None:
+            continue
+        canvas[mask] = _COLOURS[cat_index % len(_COLOURS)]
+        occupied |= _dilate(mask)
+        objects.append((cat_index, mask, 0))
+    if crowd:
+        region = _place_crowd(rng, occupied)
+        if region is not None:
+            canvas[region] = _CROWD_COLOUR
+            occupied |= _dilate(region)
+            objects.append((0, region, 1))
+    return canvas, objects
 
 
 # --------------------------------------------------------------------------------------------

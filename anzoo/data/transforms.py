@@ -37,6 +37,8 @@ import cv2
 import numpy as np
 import torch
 
+from .defaults import TEST_SCALE
+
 __all__ = [
     "IMAGE_MEAN",
     "IMAGE_STD",
@@ -57,8 +59,6 @@ __all__ = [
     "train_transform",
 ]
 
-#: (long edge, short edge) limits of the test-time resize.
-TEST_SCALE: tuple[int, int] = (1333, 800)
 #: Per-channel mean and std of the ImageNet-pretrained backbones, RGB order, 0..255 range.
 IMAGE_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGE_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)

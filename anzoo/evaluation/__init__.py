@@ -4,14 +4,17 @@
   detection, masks pasted and encoded off the main thread, sharded across torchrun
   processes, resumable) and scores it with pycocotools' COCOeval;
 * :func:`coco_evaluate` scores a results file; :func:`verdict` compares with the table;
-* :func:`markdown_report` writes the table with measured columns (``anzoo eval --all``).
+* :func:`evaluate_zoo_model` evaluates a zoo model with its released weights, and
+  :func:`evaluate_zoo` every one of them, writing :func:`markdown_report` (``anzoo eval --all``).
+
+Running under torchrun (process groups, ranks) is :mod:`anzoo.distributed`.
 """
 from __future__ import annotations
 
 from .dataset import CocoFiles, label_category_ids, resolve_coco_files
-from ..distributed import DistContext, init_distributed, launched_by_torchrun, torchrun_command
 from .metrics import IOU_TYPES, METRIC_NAMES, TOLERANCE, coco_evaluate, compare, is_coco_val2017, verdict
 from .report import ReportRow, comparison_rows, markdown_report, verdict_line
+from .reproduce import ZooReport, default_batch_size, evaluate_zoo, evaluate_zoo_model, weights_to_evaluate
 from .runner import EvalResult, evaluate, evaluate_model
 from .store import ResultStore, result_line
 
@@ -20,23 +23,24 @@ __all__ = [
     "METRIC_NAMES",
     "TOLERANCE",
     "CocoFiles",
-    "DistContext",
     "EvalResult",
     "ReportRow",
     "ResultStore",
+    "ZooReport",
     "coco_evaluate",
     "compare",
     "comparison_rows",
+    "default_batch_size",
     "evaluate",
     "evaluate_model",
-    "init_distributed",
+    "evaluate_zoo",
+    "evaluate_zoo_model",
     "is_coco_val2017",
     "label_category_ids",
-    "launched_by_torchrun",
     "markdown_report",
     "resolve_coco_files",
     "result_line",
-    "torchrun_command",
     "verdict",
     "verdict_line",
+    "weights_to_evaluate",
 ]

@@ -5,17 +5,20 @@ import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..schema import Backbone, BackboneNorm, Detector, HeadNorm, VocabularyEnum
 from ..zoo import ZooEntry
 from .metrics import PARTIAL, SHOWN_METRICS, TOLERANCE
 from .runner import EvalResult
 
 __all__ = ["ReportRow", "comparison_rows", "markdown_report", "percent", "signed"]
 
-DETECTOR_TITLES = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN"}
-BACKBONE_TITLES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "aognet12m": "AOGNet-12m",
-                   "aognet40m": "AOGNet-40m"}
-NORM_TITLES = {"bn": "BN", "an": "AN (w/ BN)", "gn": "GN", "sn": "SN"}
-HEAD_TITLES = {"none": "-", "gn": "GN", "an_gn": "AN (w/ GN)", "sn": "SN"}
+
+def _label(vocabulary: type[VocabularyEnum], value: str) -> str:
+    """The display label of a zoo value (the value itself when the vocabulary lacks it)."""
+    try:
+        return vocabulary(value).label
+    except ValueError:
+        return value
 
 
 def percent(value: float | None) -> str:
@@ -79,11 +82,11 @@ def markdown_report(rows: Sequence[ReportRow], title: str = "anzoo eval --all: C
     lines = [f"# {title}", "",
              (f"Measured with anzoo on {datetime.date.today().isoformat()}; AP in points; Δ = measured − "
               f"table; reproduced when |Δ| ≤ {TOLERANCE}."), ""]
-    for detector, heading in DETECTOR_TITLES.items():
+    for detector in Detector:
         section = [r for r in rows if r.entry.detector == detector]
         if not section:
             continue
-        lines += [f"## {heading}", "",
+        lines += [f"## {detector.label}", "",
                   ("| Architecture | Backbone | Head | #Params | box AP | box AP (measured) | Δ | mask AP | "
                    "mask AP (measured) | Δ | verdict | id |"),
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -102,8 +105,8 @@ def markdown_report(rows: Sequence[ReportRow], title: str = "anzoo eval --all: C
             params = "-" if e.params_m is None else f"{e.params_m:.2f}M"
             table_box = "-" if e.box_ap is None else f"{e.box_ap:.1f}"
             table_mask = "-" if e.mask_ap is None else f"{e.mask_ap:.1f}"
-            cells = [BACKBONE_TITLES.get(e.backbone, e.backbone), NORM_TITLES.get(e.backbone_norm, e.backbone_norm),
-                     HEAD_TITLES.get(e.head_norm, e.head_norm), params, table_box, box, box_diff, table_mask, mask,
+            cells = [_label(Backbone, e.backbone), _label(BackboneNorm, e.backbone_norm),
+                     _label(HeadNorm, e.head_norm), params, table_box, box, box_diff, table_mask, mask,
                      mask_diff, verdict.replace("|", "/"), f"`{e.id}`"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

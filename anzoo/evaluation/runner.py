@@ -43,11 +43,12 @@ from ..data.results import encode_masks_rle_torch, instances_to_coco
 from ..data.transforms import TEST_SCALE
 from ..distributed import DistContext, init_distributed
 from ..errors import AnzooError
-from ..factory import resolve_device
 from ..fileio import atomic_write_json
 from ..inference import Predictor
+from ..log import progress_bar
 from ..models.detection.detections import Detections
 from ..models.detection.detector import TwoStageDetector
+from ..runtime import resolve_device
 from ..structures import Instances
 from .dataset import label_category_ids
 from .metrics import IOU_TYPES, METRIC_NAMES, Comparison, coco_evaluate, compare, is_coco_val2017, overall_verdict
@@ -99,11 +100,14 @@ class EvalResult:
     def comparisons(self) -> dict[str, Comparison]:
         return {t: Comparison(t, self.metrics[t], self.expected.get(t), self.verdicts[t]) for t in self.metrics}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, summaries: bool = True) -> dict[str, Any]:
+        """``metrics.json``; without COCOeval's printed ``summaries`` for the command line's output."""
         data = asdict(self)
         data["scale"] = list(self.scale)
         data["difference"] = {t: c.difference for t, c in self.comparisons.items()}
         data["metric_names"] = list(METRIC_NAMES)
+        if not summaries:
+            del data["summaries"]
         return data
 
     @classmethod
@@ -251,7 +255,7 @@ class _Evaluation:
         coco = self.coco if self.coco is not None else load_coco_annotations(self.ann_file)
         all_ids = [int(i) for i in coco.getImgIds()]
         if self.limit is not None and self.limit < 1:
-            raise AnzooError(f"--limit must be at least 1, got {self.limit}")
+            raise AnzooError(f"`limit` must be at least 1, got {self.limit}")
         target_ids = all_ids[: self.limit] if self.limit is not None else all_ids
         partial = len(target_ids) < len(all_ids)
         dataset = CocoImageDataset(coco, self.image_dir, target_ids, scale=self.scale)
@@ -311,7 +315,7 @@ class _Evaluation:
         in_flight: collections.deque[Future[int]] = collections.deque()
         local = threading.local()
         try:
-            with _progress_bar(self.progress and self.ctx.is_main, total, self._label()) as advance:
+            with progress_bar(self._label(), total, unit="images", enabled=self.progress and self.ctx.is_main) as bar:
                 for batch in raise_worker_errors_plainly(batches):
                     self._note_size_mismatches(dataset, batch[0], batch[2], mismatched)
                     # the sampler batched by annotated sizes: detect each real padded shape apart
@@ -325,11 +329,11 @@ class _Evaluation:
                     while in_flight and (in_flight[0].done() or len(in_flight) > max_in_flight):
                         n = in_flight.popleft().result()
                         done += n
-                        advance(n)
+                        bar.update(advance=n)
                 while in_flight:
                     n = in_flight.popleft().result()
                     done += n
-                    advance(n)
+                    bar.update(advance=n)
         finally:
             # On Ctrl-C or an error too, the batches already detected (a few at most) are pasted
             # and reach the partial file: a resumed run need not detect them again.
@@ -480,9 +484,7 @@ def _keep_labels(det: Detections, category_ids: Sequence[int | None]) -> Detecti
         return det
     valid = torch.tensor([c is not None for c in category_ids], device=det.labels.device)
     keep = valid[det.labels]
-    return Detections(det.image_size, det.boxes[keep], det.scores[keep], det.labels[keep],
-                      None if det.mask_probs is None else det.mask_probs[keep],
-                      None if det.mask_boxes is None else det.mask_boxes[keep])
+    return det[keep]
 
 
 def _device_kind(device: torch.device) -> str:
@@ -494,43 +496,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-class _progress_bar:
-    """Rich progress bar on stderr with images/s and ETA; ``advance(n)`` counts images."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        from ..log import stderr_console
-
-        class Rate(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text("-- images/s" if speed is None else f"{speed:.2f} images/s")
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=stderr_console(), speed_estimate_period=60.0)
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.update(task, advance=n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

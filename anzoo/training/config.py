@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..data.transforms import TEST_SCALE
+from ..data.defaults import TEST_SCALE
 from ..errors import CheckpointError, DatasetError
 from .state import LATEST
 

@@ -55,9 +55,10 @@ from .. import zoo
 from ..data.coco import load_coco_annotations
 from ..distributed import DistContext, init_distributed
 from ..errors import AnzooError, CheckpointError, DatasetError
-from ..factory import resolve_device, save_model
+from ..factory import save_model
 from ..fileio import atomic_write_json
 from ..models.detection import TwoStageDetector
+from ..runtime import resolve_device
 from .batches import CocoTrainDataset, GroupedBatchSampler, build_train_loader
 from .config import TrainConfig, merge_resumed_config, resolve_dataset_paths
 from .hooks import CheckpointHook, LRScheduleHook, MetricsHook, PeriodicEvalHook, ProgressHook, StrictDataHook

@@ -21,7 +21,8 @@ if os.environ.get("PARITY_FIXTURES"):
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    if not os.environ.get("OMP_NUM_THREADS"):  # tools/kernel_spread.py sets it per setting
+        torch.set_num_threads(2)
     rows = sys.argv[1:] or test_parity.ROWS
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:

@@ -7,11 +7,16 @@ an evaluation pipeline run it in worker threads.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 
-__all__ = ["Detections"]
+__all__ = ["Detections", "DetectionIndex"]
+
+#: what selects detections: an int, a slice, a list of ints, an int64 index tensor or a bool mask
+DetectionIndex = Union[int, slice, Sequence[int], torch.Tensor]
 
 
 @dataclass
@@ -32,6 +37,26 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
+
+    def __getitem__(self, index: DetectionIndex) -> "Detections":
+        """The detections at ``index``, in its order, as a new ``Detections`` (an int gives one
+        detection, not a scalar), as detectron2's ``Instances`` and :class:`anzoo.structures.Instances`."""
+        if isinstance(index, int) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"detection {index} out of range: there are {n}")
+            index = slice(index % n, index % n + 1)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(index, device=self.boxes.device)
+            if index.dtype != torch.bool:
+                index = index.to(torch.int64)
+            index = index.reshape(-1)
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return Detections(self.image_size, self.boxes[index], self.scores[index], self.labels[index],
+                          take(self.mask_probs), take(self.mask_boxes))
 
     def to(self, device: torch.device | str) -> "Detections":
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
