@@ -721,7 +721,7 @@ def train_cmd(
         raise typer.BadParameter("--train-ann and --train-images go together")
     if coco is None and train_ann is None and not resume:  # a resumed run knows its data
         raise typer.BadParameter("give --coco DIR, or --train-ann FILE --train-images DIR")
-    from .training.engine import TrainConfig, train
+    from .training import TrainConfig, train
 
     config = TrainConfig(
         model_id=model_id, work_dir=work_dir, coco_dir=coco, train_ann=train_ann, train_images=train_images,

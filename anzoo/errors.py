@@ -56,3 +56,7 @@ class DatasetError(AnzooError):
 
 class CacheError(AnzooError):
     """The weights cache cannot be written (disk full, file too large, read-only, no permission)."""
+
+
+class TrainingDiverged(AnzooError):
+    """The training loss or the gradients became NaN or infinite."""

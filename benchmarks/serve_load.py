@@ -69,8 +69,7 @@ def serve(args: argparse.Namespace) -> None:
         from anzoo.factory import resolve_device
         from anzoo.testing import confident_model
 
-        model = confident_model(args.model, proposals=max(50, args.max_dets))
-        model.roi_heads.test_cfg.max_per_img = args.max_dets
+        model = confident_model(args.model, proposals=max(50, args.max_dets), max_per_img=args.max_dets)
         model = model.to(resolve_device(args.device))
     else:
         from anzoo.factory import create_model

@@ -62,8 +62,7 @@ def serve(args: argparse.Namespace) -> None:
     from anzoo.testing import confident_model
 
     torch.set_num_threads(args.threads)
-    model = confident_model(args.model, proposals=10 * args.detections)
-    model.roi_heads.test_cfg.max_per_img = args.detections
+    model = confident_model(args.model, proposals=10 * args.detections, max_per_img=args.detections)
     app = create_app({args.model: model}, device="cpu", scale=tuple(args.scale), api_key="",
                      max_batch=1, request_timeout_s=args.timeout)
     with BackgroundServer(app) as server:

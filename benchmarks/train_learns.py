@@ -28,7 +28,7 @@ import torch
 from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.evaluation import evaluate_model
 from anzoo.log import setup_logging
-from anzoo.training.engine import TrainConfig, train
+from anzoo.training import TrainConfig, train
 
 
 def parse_args() -> argparse.Namespace:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from anzoo.data.synthetic import make_synthetic_coco
-from anzoo.training.engine import TrainConfig, train
+from anzoo.training import TrainConfig, train
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,9 +48,9 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    # the weights are random (no download): the engine's "from scratch, expect low accuracy"
-    # warning says nothing about speed
-    logging.getLogger("anzoo.training.engine").setLevel(logging.ERROR)
+    # the weights are random (no download): the "from scratch, expect low accuracy" warning of
+    # anzoo.training.model says nothing about speed
+    logging.getLogger("anzoo.training.model").setLevel(logging.ERROR)
     total = args.warmup + args.iters
     with tempfile.TemporaryDirectory(prefix="anzoo-train-speed-") as tmp:
         coco = Path(tmp) / "coco"

@@ -62,13 +62,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: Upward imports that are known and waiting for another change: (importer, imported) -> why.
 #: Each entry must still exist (the test fails on a stale one), so the list empties itself.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    # issue 15 §3, branch i15-detector: TwoStageDetector.predict (which builds an
-    # inference.Predictor) and compute_losses' use of data.transforms.padded_shape leave the
-    # model. Remove both entries when that branch is merged.
-    ("anzoo.models.detection.detector", "anzoo.inference"): "issue 15 §3 (i15-detector)",
-    ("anzoo.models.detection.detector", "anzoo.data.transforms"): "issue 15 §3 (i15-detector)",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 #: what models/ may import from outside the package: the standard library, torch and
 #: torchvision, plus numpy and OpenCV, which build mask targets exactly as mmdetection v1 did.

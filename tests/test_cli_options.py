@@ -30,7 +30,8 @@ from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.factory import create_model, save_model
 from anzoo.models.detection.detector import TwoStageDetector
 from anzoo.testing import confident_model
-from anzoo.training.engine import CLASS_SPECIFIC_KEYS, FINAL_MODEL
+from anzoo.training.engine import FINAL_MODEL
+from anzoo.training.model import CLASS_SPECIFIC_KEYS
 
 from oracle import make_oracle_dataset, oracle_for
 
@@ -195,9 +196,10 @@ def limit_proposals(monkeypatch: pytest.MonkeyPatch, proposals: int = 10, max_pe
 
     def create(*args: Any, **kwargs: Any) -> TwoStageDetector:
         model = real(*args, **kwargs)
-        model.rpn.test_cfg = replace(model.rpn.test_cfg, nms_pre=4 * proposals, nms_post=proposals,
-                                     max_num=proposals)
-        model.roi_heads.test_cfg.max_per_img = max_per_img
+        config = model.config
+        model.config = replace(config, rpn_test=replace(config.rpn_test, nms_pre=4 * proposals, nms_post=proposals,
+                                                        max_num=proposals),
+                               rcnn_test=replace(config.rcnn_test, max_per_img=max_per_img))
         return model
 
     monkeypatch.setattr(anzoo.factory, "create_model", create)

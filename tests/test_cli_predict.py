@@ -27,8 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def model():
     """A few instances (5 at most) whose masks fill their boxes, so that the top one shows in
     the overlay (a random mask head paints a pixel or two, hidden under the others)."""
-    m = confident_model("r50-bn", proposals=30)
-    m.roi_heads.test_cfg.max_per_img = 5
+    m = confident_model("r50-bn", proposals=30, max_per_img=5)
     with torch.no_grad():
         logits = m.roi_heads.mask_head.predictor.mask_fcn_logits
         logits.weight.mul_(0.1)

@@ -148,8 +148,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     """The service with an API key set, as in the Deployment, around a tiny random model."""
-    model = confident_model("r50-an", proposals=8)
-    model.roi_heads.test_cfg.max_per_img = 4
+    model = confident_model("r50-an", proposals=8, max_per_img=4)
     app = create_app({"r50-an": model}, scale=(128, 96), api_key=API_KEY, max_wait_ms=0)
     with TestClient(app) as c:
         yield c

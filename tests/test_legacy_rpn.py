@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from anzoo.models.detection.box_coder import LegacyBoxCoder
-from anzoo.models.detection.rpn import RPN_TEST_CFG, LegacyRPN, RPNProposalConfig, select_proposals
+from anzoo.models.detection.config import RPN_TEST_CFG, RPNProposalConfig
+from anzoo.models.detection.rpn import LegacyRPN, select_proposals
 
 
 def logit(p: float) -> float:
@@ -161,7 +162,8 @@ def test_legacy_rpn_channel_layout_matches_anchors() -> None:
         rpn.head.cls_logits.bias.copy_(torch.tensor([1.0, 2.0, 0.0]))
         rpn.head.bbox_pred.bias[4] = 0.25
         rpn.head.bbox_pred.bias[2] = 1.0  # dw of anchor 0
-    boxes, scores = rpn([torch.randn(1, 4, 2, 3)], [(32, 48)])
+    (proposals,), _ = rpn([torch.randn(1, 4, 2, 3)], [(32, 48)])
+    boxes, scores = [proposals[:, :4]], [proposals[:, 4]]
     assert boxes[0].shape == (18, 4)
     anchors = rpn.anchor_generator.grid_anchors([(2, 3)])[0]
 

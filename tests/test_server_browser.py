@@ -43,8 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[BackgroundServer]:
-    model = confident_model(MODEL_ID, proposals=8)
-    model.roi_heads.test_cfg.max_per_img = 3
+    model = confident_model(MODEL_ID, proposals=8, max_per_img=3)
     with BackgroundServer(create_app({MODEL_ID: model}, scale=SCALE, api_key="")) as running:
         yield running
 

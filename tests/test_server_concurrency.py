@@ -37,8 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    m = confident_model(MODEL_ID, proposals=8)
-    m.roi_heads.test_cfg.max_per_img = 2  # the mask head costs ~0.5 GMAC per instance
+    m = confident_model(MODEL_ID, proposals=8, max_per_img=2)  # the mask head costs ~0.5 GMAC per instance
     return m
 
 

@@ -34,11 +34,9 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, torch.nn.Module]:
-    out = {PERSON_MODEL: confident_model(PERSON_MODEL, proposals=8, classes=(0,), seed=0),
-           CAR_MODEL: confident_model(CAR_MODEL, proposals=8, classes=(2,), seed=1)}
-    for m in out.values():
-        m.roi_heads.test_cfg.max_per_img = 3  # few masks: fast on a CPU
-    return out
+    # few masks (max_per_img=3): fast on a CPU
+    return {PERSON_MODEL: confident_model(PERSON_MODEL, proposals=8, classes=(0,), seed=0, max_per_img=3),
+            CAR_MODEL: confident_model(CAR_MODEL, proposals=8, classes=(2,), seed=1, max_per_img=3)}
 
 
 

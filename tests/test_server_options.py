@@ -111,8 +111,7 @@ def test_the_generator_covers_every_option_and_the_known_bounds() -> None:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    model = confident_model(MODEL_ID, proposals=8)
-    model.roi_heads.test_cfg.max_per_img = 3
+    model = confident_model(MODEL_ID, proposals=8, max_per_img=3)
     app = create_app({MODEL_ID: model}, scale=SCALE, api_key="", max_wait_ms=0, warmup=False)
     with TestClient(app) as c:
         wait_ready(c)
@@ -161,8 +160,7 @@ def test_option_bound(client: TestClient, case: Case, where: str) -> None:
 # --------------------------------------------------------------------------- the service's limits
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    m = confident_model(MODEL_ID, proposals=8)
-    m.roi_heads.test_cfg.max_per_img = 1
+    m = confident_model(MODEL_ID, proposals=8, max_per_img=1)
     return m
 
 

@@ -24,8 +24,9 @@ from torch import nn
 
 from anzoo.factory import create_model
 from anzoo.models.detection.box_ops import legacy_box_iou
-from anzoo.models.detection.rpn import RPN_TARGET_CFG, RPN_TEST_CFG, RPN_TRAIN_CFG
-from anzoo.models.detection.targets import CASCADE_TRAIN_CFGS, MASK_RCNN_TRAIN_CFG, sample_rois
+from anzoo.models.detection.config import (CASCADE_TRAIN_CFGS, MASK_RCNN_TRAIN_CFG, RPN_TARGET_CFG, RPN_TEST_CFG,
+                                           RPN_TRAIN_CFG)
+from anzoo.models.detection.targets import sample_rois
 
 NUM_CLASSES = 80
 
@@ -158,8 +159,8 @@ def rpn_proposals(model: nn.Module, levels: list[tuple[list[list[float]], list[f
     monkeypatch.setattr(rpn, "head_outputs", lambda features: (objectness, deltas))
     monkeypatch.setattr(rpn, "anchors", lambda features: anchors)
     monkeypatch.setattr(rpn, "training", training)
-    boxes, scores = rpn([torch.zeros(1)] * len(levels), [image])
-    return boxes[0], scores[0]
+    (proposals,), _ = rpn([torch.zeros(1)] * len(levels), [image])
+    return proposals[:, :4], proposals[:, 4]
 
 
 def decreasing(count: int) -> list[float]:
@@ -210,13 +211,11 @@ def test_rpn_proposal_counts(detectors, training: bool, n: int, monkeypatch: pyt
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_rcnn_training_thresholds_and_sample_sizes(detectors, stage: int) -> None:
     heads = detectors["mask_rcnn"].roi_heads if stage == 0 else detectors["cascade"].roi_heads
-    cfg = (heads.train_cfg or MASK_RCNN_TRAIN_CFG) if stage == 0 else \
-        list(heads.train_cfgs or CASCADE_TRAIN_CFGS)[stage]
+    cfg = heads.train_cfgs[stage]
     threshold = (0.5, 0.6, 0.7)[stage]
     assert (cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou) == (threshold,) * 3
     assert (cfg.num_samples, cfg.pos_fraction, cfg.add_gt_as_proposals) == (512, 0.25, True)
-    if stage == 0:
-        assert heads.train_cfg is None or heads.train_cfg == MASK_RCNN_TRAIN_CFG
+    assert heads.train_cfgs == ((MASK_RCNN_TRAIN_CFG,) if stage == 0 else CASCADE_TRAIN_CFGS)
     # one ground truth; a proposal just above the threshold, one just below, 599 far away
     gt = torch.tensor([[0.0, 0.0, 99.0, 99.0]])
     # shifts along x giving +1 IoU (100 - d) / (100 + d) just above / below the threshold

@@ -28,13 +28,9 @@ from anzoo.cli import app
 from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.errors import AnzooError, CheckpointError, DatasetError
 from anzoo.factory import create_model, save_model
-from anzoo.training.engine import (
-    FINAL_MODEL,
-    TrainConfig,
-    build_training_model,
-    train,
-    transfer_detector_weights,
-)
+from anzoo.training.config import TrainConfig
+from anzoo.training.engine import FINAL_MODEL, train
+from anzoo.training.model import build_training_model, transfer_detector_weights
 
 SCALE = (128, 96)
 FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--log-every", "1",
@@ -142,7 +138,8 @@ def test_trained_model_loads_and_predicts(cli_run):
     model = create_model("r50-bn", pretrained=cli_run["work"] / FINAL_MODEL)
     assert model.num_classes == 6 and model.class_names[:2] == ["person", "car"]
     assert model.category_ids == [1, 3, 18, 44, 62, 85]
-    model.roi_heads.test_cfg.score_thr = 0.0  # a 6-iteration model is not confident yet
+    # a 6-iteration model is not confident yet
+    model.config = replace(model.config, rcnn_test=replace(model.config.rcnn_test, score_thr=0.0))
     image = next((cli_run["coco"] / "val2017").iterdir())
     records = Predictor(model, scale=SCALE).predict_records(image, score_thr=0.0)[0]
     assert records, "no detections at score threshold 0"
@@ -191,7 +188,7 @@ def _break_second_image(tmp_path: Path) -> tuple[Path, Path, bytes, int]:
     """2 training images of one aspect group; the one the first epoch reaches second (batch 1 of 2
     at batch size 1) is cut short after the dataset was checked. Returns (coco, its path, its
     bytes, its id)."""
-    from anzoo.training.data import CocoTrainDataset, GroupedBatchSampler
+    from anzoo.training.batches import CocoTrainDataset, GroupedBatchSampler
 
     coco = tmp_path / "coco"
     make_synthetic_coco(coco, num_images=2, image_size=(96, 128), split="train2017", seed=1)
@@ -302,7 +299,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from anzoo.training.engine import TrainConfig, train
+    from anzoo.training import TrainConfig, train
     coco, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = TrainConfig("r50-bn", work_dir=out / "work", coco_dir=coco, epochs=1, batch_size=1, lr=0.01,
                       warmup_iters=1, img_scale=(128, 96), pretrained_backbone=False, frozen_stages=1,

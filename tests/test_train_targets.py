@@ -32,7 +32,7 @@ from anzoo.models.detection.targets import (
     rcnn_targets,
     rpn_targets,
 )
-from anzoo.training.data import CocoTrainDataset, GroupedBatchSampler, train_collate
+from anzoo.training.batches import CocoTrainDataset, GroupedBatchSampler, train_collate
 from anzoo.training.schedule import LRSchedule, scaled_lr, schedule_epochs
 
 

@@ -1,46 +1,57 @@
-"""Second-stage heads at test time: Mask R-CNN's single box/mask stage and Cascade's three.
+"""Second-stage heads: Mask R-CNN's single box/mask stage and Cascade Mask R-CNN's three.
 
-Both follow mmdetection v1's ``simple_test`` (see ``MMDET_V1_INFERENCE.md``, points 7-12):
-RoIs are pooled with the legacy multi-level RoIAlign, class scores are a softmax over
-background + classes, boxes are decoded per image against the resized image and divided by
-the scale factor before the per-class NMS, and the mask RoIs are the final boxes times the
-scale factor. Images of a batch share one pass through the heads (every head op is per RoI).
+:class:`RoIHeads` declares what the detector calls, as torchvision's ``RoIHeads``:
+``heads(features, proposals, image_shapes, scale_factors, orig_sizes, targets=None)`` returns
+``(detections, losses)``; detections at test time, the loss terms in training (with
+``targets``). Both heads reproduce what mmdetection v1's ``simple_test`` did with the released
+weights:
+
+* RoIs are pooled with the legacy multi-level RoIAlign (:mod:`.roi_align`): a RoI goes to
+  level ``floor(log2(sqrt(area) / 56 + 1e-6))`` clamped to 0..3, boxes are inclusive pixels
+  (``x2 + 1``), 2 samples per bin, no half-pixel shift, RoIs under a pixel not enlarged;
+* class scores are a softmax over background + classes (channel 0 is the background);
+* boxes are decoded per image against the resized image (clipped to ``[0, w - 1] x
+  [0, h - 1]``) and divided by the scale factor *before* the per-class NMS, which so runs in
+  original-image pixels (+1 IoU): scores strictly above ``score_thr`` (0.05), NMS at 0.5, at
+  most 100 per image (sorted by score only when more remain, :func:`.multiclass_nms`);
+* the mask RoIs are the final boxes times the scale factor (in float32, kept in
+  ``Detections.mask_boxes``), and the mask of a detection is the sigmoid of its label's
+  channel of the 28x28 logits;
+* Cascade: each stage refines the RoIs of the previous one with class-agnostic deltas
+  (stds 0.1/0.2, 0.05/0.1, 0.033/0.067); the final scores are the softmax of the *mean of the
+  stages' raw logits*, the final boxes the last stage's deltas applied to the last stage's
+  RoIs, and the masks the mean of the three mask heads' sigmoid maps.
+
+Images of a batch share one pass through the heads (every head op is per RoI).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .box_coder import LegacyBoxCoder
+from .config import (CASCADE_STAGE_LOSS_WEIGHTS, CASCADE_TRAIN_CFGS, MASK_RCNN_TRAIN_CFG, RCNN_TEST_CFG,
+                     RCNNTestConfig, RCNNTrainConfig)
 from .detections import Detections
 from .heads import BoxPredictor, ConvFCBoxHead, MaskHead
 from .losses import accuracy, box_head_loss, mask_loss
 from .postprocess import legacy_mask_boxes, legacy_rescale_boxes, multiclass_nms
 from .roi_align import LegacyMultiScaleRoIAlign
-from .targets import (CASCADE_STAGE_LOSS_WEIGHTS, CASCADE_TRAIN_CFGS, MASK_RCNN_TRAIN_CFG, RCNNTrainConfig,
-                      SamplingResult, mask_targets, rcnn_targets, sample_rois)
+from .targets import SamplingResult, mask_targets, rcnn_targets, sample_rois
 
-__all__ = ["TestConfig", "MaskRoIHeads", "CascadeStage", "CascadeRoIHeads", "boxes_to_rois",
-           "CASCADE_STDS"]
+__all__ = ["RoIHeads", "MaskRoIHeads", "CascadeStage", "CascadeRoIHeads", "boxes_to_rois", "CASCADE_STDS"]
 
 #: Box-delta standard deviations of the three Cascade stages.
 CASCADE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
 MASK_RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
 
 
-class TestConfig:
-    """The configs' ``test_cfg.rcnn``: score > 0.05, per-class NMS 0.5, 100 per image."""
-
-    def __init__(self, score_thr: float = 0.05, nms_iou: float = 0.5, max_per_img: int = 100) -> None:
-        self.score_thr = score_thr
-        self.nms_iou = nms_iou
-        self.max_per_img = max_per_img
-
-
 def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-image (K_i, 4) boxes -> (sum K_i, 5) RoIs [image index, x1, y1, x2, y2]."""
+    """Per-image (K_i, 4) boxes (or (K_i, 5) proposals, score last) -> (sum K_i, 5) RoIs
+    [image index, x1, y1, x2, y2]."""
     rois = []
     for i, b in enumerate(boxes):
         idx = torch.full((b.shape[0], 1), float(i), dtype=b.dtype, device=b.device)
@@ -54,14 +65,73 @@ def _split_sizes(boxes: Sequence[torch.Tensor]) -> list[int]:
     return [int(b.shape[0]) for b in boxes]
 
 
-class _RoIHeadsBase(nn.Module):
-    def __init__(self, num_classes: int, test_cfg: TestConfig | None = None) -> None:
+class RoIHeads(nn.Module, ABC):
+    """What a detector's second stage offers: detections at test time, losses in training.
+
+    Args:
+        num_classes: object classes, without the background.
+        test_cfg: score threshold, NMS and detections per image.
+        train_cfgs: assignment and sampling of each stage (one per stage).
+        stage_loss_weights: the weight of each stage's loss terms.
+    """
+
+    def __init__(self, num_classes: int, num_stages: int, test_cfg: RCNNTestConfig,
+                 train_cfgs: Sequence[RCNNTrainConfig], stage_loss_weights: Sequence[float]) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.test_cfg = test_cfg or TestConfig()
+        self.num_stages = num_stages
+        self.configure(test_cfg, train_cfgs, stage_loss_weights)
         # RoI extractors hold no parameters: 7x7 for boxes, 14x14 for masks, levels 4..32.
         self.box_roi_pool = LegacyMultiScaleRoIAlign(7)
         self.mask_roi_pool = LegacyMultiScaleRoIAlign(14)
+
+    def configure(self, test_cfg: RCNNTestConfig, train_cfgs: Sequence[RCNNTrainConfig],
+                  stage_loss_weights: Sequence[float]) -> None:
+        """Set the test and training settings (one train config and loss weight per stage)."""
+        if len(train_cfgs) != self.num_stages or len(stage_loss_weights) != self.num_stages:
+            raise ValueError(f"{self.num_stages} stage(s) but {len(train_cfgs)} train configs and "
+                             f"{len(stage_loss_weights)} loss weights")
+        self.test_cfg = test_cfg
+        self.train_cfgs = tuple(train_cfgs)
+        self.stage_loss_weights = tuple(float(w) for w in stage_loss_weights)
+
+    def forward(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+                image_shapes: Sequence[tuple[int, int]], scale_factors: Sequence[float],
+                orig_sizes: Sequence[tuple[int, int]], targets: Sequence[dict[str, torch.Tensor]] | None = None,
+                with_masks: bool = True) -> tuple[list[Detections], dict[str, torch.Tensor]]:
+        """``(detections, {})`` without targets, ``([], losses)`` with them.
+
+        Args:
+            features: the FPN levels P2-P5.
+            proposals: per image ``(K_i, 4)`` boxes or ``(K_i, 5)`` RPN proposals, resized-image
+                pixels.
+            image_shapes: per image ``(h, w)`` after resizing, before padding.
+            scale_factors, orig_sizes: per image the resize factor and original ``(h, w)``
+                (detections come back in original-image pixels).
+            targets: per image ``boxes`` ``(K, 4)`` float in resized-image pixels, ``labels``
+                ``(K,)`` contiguous labels ``0..C-1`` and ``masks`` ``(K, h, w)`` uint8 (CPU).
+            with_masks: compute the detections' mask probabilities.
+        """
+        if targets is None:
+            return self.predict(features, proposals, image_shapes, scale_factors, orig_sizes,
+                                with_masks=with_masks), {}
+        return [], self.losses(features, proposals, targets, image_shapes)
+
+    @abstractmethod
+    def predict(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+                img_shapes: Sequence[tuple[int, int]], scale_factors: Sequence[float],
+                orig_sizes: Sequence[tuple[int, int]], with_masks: bool = True) -> list[Detections]:
+        """Detections of each image, in original-image pixels."""
+
+    @abstractmethod
+    def losses(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+               targets: Sequence[dict[str, torch.Tensor]], img_shapes: Sequence[tuple[int, int]]
+               ) -> dict[str, torch.Tensor]:
+        """The loss terms (``loss_*``, summed by the trainer) and logged values (``acc``)."""
+
+    @abstractmethod
+    def box_predictors(self) -> list[BoxPredictor]:
+        """The box classifier and regressor of every stage."""
 
     def _detect(self, rois_boxes: torch.Tensor, scores: torch.Tensor, deltas: torch.Tensor,
                 coder: LegacyBoxCoder, img_shape: tuple[int, int], scale_factor: float
@@ -78,24 +148,46 @@ class _RoIHeadsBase(nn.Module):
             scaled.append(rois_boxes)
         return boxes_to_rois(scaled)
 
-    @staticmethod
-    def _select_label_channel(mask_probs: torch.Tensor, detections: list[Detections]) -> None:
+    def _predict_masks(self, features: list[torch.Tensor], detections: list[Detections],
+                       scale_factors: Sequence[float], mask_heads: Sequence[nn.Module]) -> None:
+        """Each detection's mask probabilities: the sigmoid of its label's channel, averaged
+        over ``mask_heads`` (Cascade's three; Mask R-CNN's one)."""
+        mask_rois = self._mask_rois(detections, scale_factors)
+        if mask_rois.shape[0] == 0:
+            for det in detections:
+                det.mask_probs = det.boxes.new_zeros((0, 28, 28))
+            return
+        mask_feats = self.mask_roi_pool(features, mask_rois)
+        if len(mask_heads) == 1:
+            probs = torch.sigmoid(mask_heads[0](mask_feats).float())
+        else:
+            probs = sum(torch.sigmoid(head(mask_feats).float()) for head in mask_heads) / len(mask_heads)
         labels = torch.cat([d.labels for d in detections]) + 1  # channel 0 is background
-        chosen = mask_probs[torch.arange(mask_probs.shape[0], device=mask_probs.device), labels]
+        chosen = probs[torch.arange(probs.shape[0], device=probs.device), labels]
         for det, part in zip(detections, chosen.split([len(d) for d in detections])):
             det.mask_probs = part
 
 
-class MaskRoIHeads(_RoIHeadsBase):
+def _class_channels(targets: Sequence[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """The targets' labels as class channels (label + 1: channel 0 is the background)."""
+    return [t["labels"] + 1 for t in targets]
+
+
+class MaskRoIHeads(RoIHeads):
     """Mask R-CNN: one box head ("4conv1fc" in the zoo's rows) and one FCN mask head."""
 
     def __init__(self, box_head: ConvFCBoxHead, mask_head: MaskHead, num_classes: int,
-                 test_cfg: TestConfig | None = None) -> None:
-        super().__init__(num_classes, test_cfg)
+                 test_cfg: RCNNTestConfig = RCNN_TEST_CFG,
+                 train_cfgs: Sequence[RCNNTrainConfig] = (MASK_RCNN_TRAIN_CFG,),
+                 stage_loss_weights: Sequence[float] = (1.0,)) -> None:
+        super().__init__(num_classes, 1, test_cfg, train_cfgs, stage_loss_weights)
         self.box_head = box_head
         self.box_predictor = BoxPredictor(box_head.out_channels, num_classes, class_agnostic=False)
         self.mask_head = mask_head
         self.box_coder = LegacyBoxCoder(stds=MASK_RCNN_STDS)
+
+    def box_predictors(self) -> list[BoxPredictor]:
+        return [self.box_predictor]
 
     @torch.no_grad()
     def predict(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
@@ -112,35 +204,20 @@ class MaskRoIHeads(_RoIHeadsBase):
                                                      scale_factors[i])
             detections.append(Detections(tuple(orig_sizes[i]), boxes, det_scores, labels))
         if with_masks:
-            self._predict_masks(features, detections, scale_factors)
+            self._predict_masks(features, detections, scale_factors, [self.mask_head])
         return detections
 
-    def _predict_masks(self, features: list[torch.Tensor], detections: list[Detections],
-                       scale_factors: Sequence[float]) -> None:
-        mask_rois = self._mask_rois(detections, scale_factors)
-        if mask_rois.shape[0] == 0:
-            for det in detections:
-                det.mask_probs = det.boxes.new_zeros((0, 28, 28))
-            return
-        logits = self.mask_head(self.mask_roi_pool(features, mask_rois))
-        self._select_label_channel(torch.sigmoid(logits.float()), detections)
-
-    # ------------------------------------------------------------------ training
-    #: ``train_cfg.rcnn`` (None: the configs' MASK_RCNN_TRAIN_CFG); replace to experiment.
-    train_cfg: RCNNTrainConfig | None = None
-
-    def forward_train(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
-                      gt_boxes: Sequence[torch.Tensor], gt_classes: Sequence[torch.Tensor],
-                      gt_masks: Sequence[torch.Tensor], img_shapes: Sequence[tuple[int, int]]
-                      ) -> dict[str, torch.Tensor]:
+    def losses(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+               targets: Sequence[dict[str, torch.Tensor]], img_shapes: Sequence[tuple[int, int]]
+               ) -> dict[str, torch.Tensor]:
         """mmdet v1 ``TwoStageDetector.forward_train`` after the RPN: sample RoIs, box and mask
-        losses. ``gt_classes`` are class channels (label + 1); ``gt_masks`` per image
-        ``(K_i, h, w)`` uint8 masks of the resized image (CPU)."""
-        cfg = self.train_cfg or MASK_RCNN_TRAIN_CFG
-        samples = sample_rois(proposals, gt_boxes, gt_classes, cfg)
+        losses (``loss_cls``, ``loss_bbox``, ``loss_mask``; ``acc`` logged only)."""
+        (cfg,), (weight,) = self.train_cfgs, self.stage_loss_weights
+        gt_boxes = [t["boxes"] for t in targets]
+        samples = sample_rois(proposals, gt_boxes, _class_channels(targets), cfg)
         losses, _, _, _ = _train_stage(self, features, samples, self.box_head, self.box_predictor,
-                                       self.mask_head, self.box_coder, gt_masks, cfg)
-        return losses
+                                       self.mask_head, self.box_coder, [t["masks"] for t in targets], cfg)
+        return _weighted(losses, weight)
 
 
 class CascadeStage(nn.Module):
@@ -155,18 +232,19 @@ class CascadeStage(nn.Module):
         self.box_coder = LegacyBoxCoder(stds=tuple(stds))
 
 
-class CascadeRoIHeads(_RoIHeadsBase):
-    """Cascade Mask R-CNN test path (mmdetection v1 ``CascadeRCNN.simple_test``).
-
-    Each stage refines the RoIs of the previous one; the final class scores are the softmax
-    of the *mean of the stages' raw logits*, the final boxes the last stage's deltas applied
-    to the last stage's RoIs, and the masks the mean of the three heads' sigmoid maps.
-    """
+class CascadeRoIHeads(RoIHeads):
+    """Cascade Mask R-CNN (mmdetection v1 ``CascadeRCNN``): stages that refine the RoIs in turn
+    (see the module docstring for how their outputs combine at test time)."""
 
     def __init__(self, stages: Sequence[CascadeStage], num_classes: int,
-                 test_cfg: TestConfig | None = None) -> None:
-        super().__init__(num_classes, test_cfg)
+                 test_cfg: RCNNTestConfig = RCNN_TEST_CFG,
+                 train_cfgs: Sequence[RCNNTrainConfig] = CASCADE_TRAIN_CFGS,
+                 stage_loss_weights: Sequence[float] = CASCADE_STAGE_LOSS_WEIGHTS) -> None:
+        super().__init__(num_classes, len(stages), test_cfg, train_cfgs, stage_loss_weights)
         self.stages = nn.ModuleList(stages)
+
+    def box_predictors(self) -> list[BoxPredictor]:
+        return [stage.box_predictor for stage in self.stages]
 
     @torch.no_grad()
     def predict(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
@@ -194,42 +272,25 @@ class CascadeRoIHeads(_RoIHeadsBase):
                                                      scale_factors[i])
             detections.append(Detections(tuple(orig_sizes[i]), boxes, det_scores, labels))
         if with_masks:
-            mask_rois = self._mask_rois(detections, scale_factors)
-            if mask_rois.shape[0] == 0:
-                for det in detections:
-                    det.mask_probs = det.boxes.new_zeros((0, 28, 28))
-            else:
-                mask_feats = self.mask_roi_pool(features, mask_rois)
-                probs = sum(torch.sigmoid(stage.mask_head(mask_feats).float()) for stage in self.stages)
-                self._select_label_channel(probs / len(self.stages), detections)
+            self._predict_masks(features, detections, scale_factors, [stage.mask_head for stage in self.stages])
         return detections
 
-    # ------------------------------------------------------------------ training
-    #: per-stage ``train_cfg.rcnn`` and ``stage_loss_weights`` (None: the configs').
-    train_cfgs: Sequence[RCNNTrainConfig] | None = None
-    stage_loss_weights: Sequence[float] | None = None
-
-    def forward_train(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
-                      gt_boxes: Sequence[torch.Tensor], gt_classes: Sequence[torch.Tensor],
-                      gt_masks: Sequence[torch.Tensor], img_shapes: Sequence[tuple[int, int]]
-                      ) -> dict[str, torch.Tensor]:
+    def losses(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+               targets: Sequence[dict[str, torch.Tensor]], img_shapes: Sequence[tuple[int, int]]
+               ) -> dict[str, torch.Tensor]:
         """mmdet v1 ``CascadeRCNN.forward_train`` after the RPN. Stage i samples from the
         previous stage's refined RoIs (ground truths added as proposals dropped again), its
         losses are weighted by ``stage_loss_weights[i]`` and named ``s{i}.loss_*``."""
-        cfgs = list(self.train_cfgs or CASCADE_TRAIN_CFGS)
-        weights = list(self.stage_loss_weights or CASCADE_STAGE_LOSS_WEIGHTS)
-        if len(cfgs) != len(self.stages) or len(weights) != len(self.stages):
-            raise ValueError(f"{len(self.stages)} stages but {len(cfgs)} train configs and "
-                             f"{len(weights)} loss weights")
+        gt_boxes, gt_classes = [t["boxes"] for t in targets], _class_channels(targets)
+        gt_masks = [t["masks"] for t in targets]
         losses: dict[str, torch.Tensor] = {}
         last = len(self.stages) - 1
-        for i, (stage, cfg, weight) in enumerate(zip(self.stages, cfgs, weights)):
+        for i, (stage, cfg, weight) in enumerate(zip(self.stages, self.train_cfgs, self.stage_loss_weights)):
             samples = sample_rois(proposals, gt_boxes, gt_classes, cfg)
             stage_losses, rois, labels, deltas = _train_stage(
                 self, features, samples, stage.box_head, stage.box_predictor, stage.mask_head,
                 stage.box_coder, gt_masks, cfg)
-            for name, value in stage_losses.items():
-                losses[f"s{i}.{name}"] = value * weight if "loss" in name else value
+            losses.update({f"s{i}.{name}": value for name, value in _weighted(stage_losses, weight).items()})
             if i < last:
                 with torch.no_grad():
                     proposals = _refine_rois(rois, labels, deltas.detach().float(), samples,
@@ -237,7 +298,12 @@ class CascadeRoIHeads(_RoIHeadsBase):
         return losses
 
 
-def _train_stage(heads: _RoIHeadsBase, features: list[torch.Tensor], samples: list[SamplingResult],
+def _weighted(losses: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
+    """The ``loss_*`` terms times ``weight`` (others, such as ``acc``, as they are)."""
+    return {name: value * weight if "loss" in name else value for name, value in losses.items()}
+
+
+def _train_stage(heads: RoIHeads, features: list[torch.Tensor], samples: list[SamplingResult],
                  box_head: nn.Module, box_predictor: BoxPredictor, mask_head: nn.Module,
                  coder: LegacyBoxCoder, gt_masks: Sequence[torch.Tensor], cfg: RCNNTrainConfig
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:

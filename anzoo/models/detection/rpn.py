@@ -34,7 +34,6 @@ top-k before sigmoid per level but running a batched NMS across levels with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -43,43 +42,11 @@ from torchvision.models.detection.rpn import RPNHead
 from .anchors import LegacyAnchorGenerator
 from .box_coder import LegacyBoxCoder
 from .box_ops import legacy_batched_nms, legacy_nms
+from .config import RPN_TARGET_CFG, RPN_TEST_CFG, RPN_TRAIN_CFG, RPNProposalConfig, RPNTargetConfig
+from .losses import rpn_loss
+from .targets import MaxIoUAssigner, RandomSampler, rpn_targets
 
-__all__ = ["RPNProposalConfig", "RPNTargetConfig", "LegacyRPN", "select_proposals"]
-
-
-@dataclass(frozen=True)
-class RPNProposalConfig:
-    """mmdet v1's ``test_cfg.rpn`` / ``train_cfg.rpn_proposal``."""
-
-    nms_pre: int = 1000
-    nms_post: int = 1000
-    max_num: int = 1000
-    nms_thr: float = 0.7
-    min_bbox_size: float = 0
-    nms_across_levels: bool = False
-
-
-#: ``test_cfg.rpn`` of every config in ``configs/attn_norm``.
-RPN_TEST_CFG = RPNProposalConfig(nms_pre=1000, nms_post=1000, max_num=1000, nms_thr=0.7)
-#: ``train_cfg.rpn_proposal`` of the same configs.
-RPN_TRAIN_CFG = RPNProposalConfig(nms_pre=2000, nms_post=2000, max_num=2000, nms_thr=0.7)
-
-
-@dataclass(frozen=True)
-class RPNTargetConfig:
-    """mmdet v1's ``train_cfg.rpn``: anchor assignment, sampling and loss settings."""
-
-    pos_iou_thr: float = 0.7
-    neg_iou_thr: float = 0.3
-    min_pos_iou: float = 0.3
-    num_samples: int = 256
-    pos_fraction: float = 0.5
-    allowed_border: float = 0
-    smooth_l1_beta: float = 1.0 / 9.0
-
-
-#: ``train_cfg.rpn`` of every config in ``configs/attn_norm``.
-RPN_TARGET_CFG = RPNTargetConfig()
+__all__ = ["LegacyRPN", "select_proposals"]
 
 
 def select_proposals(
@@ -90,7 +57,7 @@ def select_proposals(
     box_coder: LegacyBoxCoder,
     cfg: RPNProposalConfig,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """mmdet v1's RPN test-time proposal selection for a batch.
+    """mmdet v1's RPN proposal selection for a batch.
 
     Args:
         objectness: per level ``(B, A, H, W)`` logits.
@@ -117,8 +84,31 @@ def select_proposals(
     batch = objectness[0].shape[0]
     if len(image_shapes) != batch:
         raise ValueError(f"{batch} images in the features but {len(image_shapes)} image shapes")
-    device = objectness[0].device
+    boxes, scores, groups = _level_candidates(objectness, deltas, anchors, image_shapes, box_coder, cfg)
+    if cfg.min_bbox_size > 0:
+        w = boxes[:, 2] - boxes[:, 0] + 1
+        h = boxes[:, 3] - boxes[:, 1] + 1
+        valid = torch.nonzero((w >= cfg.min_bbox_size) & (h >= cfg.min_bbox_size)).squeeze(1)
+        boxes, scores, groups = boxes[valid], scores[valid], groups[valid]
+    keep = _nms_per_level(boxes, scores, groups, batch * num_levels, cfg)
+    boxes, scores, images = boxes[keep], scores[keep], groups[keep] // num_levels
+    out_boxes, out_scores = [], []
+    for i in range(batch):
+        mine = torch.nonzero(images == i).squeeze(1)
+        img_boxes, img_scores = _top_of_image(boxes[mine], scores[mine], cfg)
+        out_boxes.append(img_boxes)
+        out_scores.append(img_scores)
+    return out_boxes, out_scores
 
+
+def _level_candidates(objectness: Sequence[Tensor], deltas: Sequence[Tensor], anchors: Sequence[Tensor],
+                      image_shapes: Sequence[tuple[int, int]], box_coder: LegacyBoxCoder, cfg: RPNProposalConfig
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """Steps 1-3 of the module docstring: every level's top ``nms_pre`` boxes, decoded and
+    clipped, with their scores and group (image * levels + level), flattened image-major, then
+    level, then rank (a group's candidates are contiguous)."""
+    num_levels, batch = len(objectness), objectness[0].shape[0]
+    device = objectness[0].device
     cand_boxes, cand_scores, cand_groups = [], [], []
     for level, (logits, reg, level_anchors) in enumerate(zip(objectness, deltas, anchors)):
         num_anchors = logits.shape[1]
@@ -137,7 +127,6 @@ def select_proposals(
             level_anchors = level_anchors[top]  # (B, k, 4)
         else:
             level_anchors = level_anchors[None].expand(batch, -1, -1)
-        count = scores.shape[1]
         decoded = [
             box_coder.decode(level_anchors[i], reg[i], (int(image_shapes[i][0]), int(image_shapes[i][1])))
             for i in range(batch)
@@ -145,53 +134,45 @@ def select_proposals(
         cand_boxes.append(torch.stack(decoded))
         cand_scores.append(scores)
         groups = torch.arange(batch, device=device)[:, None] * num_levels + level
-        cand_groups.append(groups.expand(batch, count))
+        cand_groups.append(groups.expand(batch, scores.shape[1]))
+    return (torch.cat(cand_boxes, dim=1).reshape(-1, 4), torch.cat(cand_scores, dim=1).reshape(-1),
+            torch.cat(cand_groups, dim=1).reshape(-1))
 
-    # Flatten image-major, then level, then rank: a group's candidates are contiguous.
-    boxes = torch.cat(cand_boxes, dim=1).reshape(-1, 4)
-    scores = torch.cat(cand_scores, dim=1).reshape(-1)
-    groups = torch.cat(cand_groups, dim=1).reshape(-1)
 
-    if cfg.min_bbox_size > 0:
-        w = boxes[:, 2] - boxes[:, 0] + 1
-        h = boxes[:, 3] - boxes[:, 1] + 1
-        valid = torch.nonzero((w >= cfg.min_bbox_size) & (h >= cfg.min_bbox_size)).squeeze(1)
-        boxes, scores, groups = boxes[valid], scores[valid], groups[valid]
-
+def _nms_per_level(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int,
+                   cfg: RPNProposalConfig) -> Tensor:
+    """Step 5: NMS within each (image, level) group, survivors in index order, the first
+    ``nms_post`` of each group; returns the kept indices."""
     keep = legacy_batched_nms(boxes, scores, groups, cfg.nms_thr).sort().values
     kept_groups = groups[keep]
-    counts = torch.bincount(kept_groups, minlength=batch * num_levels)
+    counts = torch.bincount(kept_groups, minlength=num_groups)
     first = counts.cumsum(0) - counts
-    rank = torch.arange(keep.numel(), device=device) - first[kept_groups]
-    keep = keep[rank < cfg.nms_post]
-    boxes, scores, images = boxes[keep], scores[keep], groups[keep] // num_levels
+    rank = torch.arange(keep.numel(), device=boxes.device) - first[kept_groups]
+    return keep[rank < cfg.nms_post]
 
-    out_boxes, out_scores = [], []
-    for i in range(batch):
-        mine = torch.nonzero(images == i).squeeze(1)
-        img_boxes, img_scores = boxes[mine], scores[mine]
-        if cfg.nms_across_levels:
-            survivors = legacy_nms(img_boxes, img_scores, cfg.nms_thr).sort().values[: cfg.max_num]
-            img_boxes, img_scores = img_boxes[survivors], img_scores[survivors]
-        else:
-            num = min(cfg.max_num, img_scores.shape[0])
-            img_scores, top = img_scores.topk(num)
-            img_boxes = img_boxes[top]
-        out_boxes.append(img_boxes)
-        out_scores.append(img_scores)
-    return out_boxes, out_scores
+
+def _top_of_image(boxes: Tensor, scores: Tensor, cfg: RPNProposalConfig) -> tuple[Tensor, Tensor]:
+    """One image's proposals from all its levels: the top ``max_num`` by score (or, with
+    ``nms_across_levels``, a second NMS and the first ``max_num`` survivors)."""
+    if cfg.nms_across_levels:
+        survivors = legacy_nms(boxes, scores, cfg.nms_thr).sort().values[: cfg.max_num]
+        return boxes[survivors], scores[survivors]
+    scores, top = scores.topk(min(cfg.max_num, scores.shape[0]))
+    return boxes[top], scores
 
 
 class LegacyRPN(nn.Module):
-    """mmdet v1 ``RPNHead`` (sigmoid objectness) with its anchors, box coding and proposal
-    selection.
+    """mmdet v1 ``RPNHead`` (sigmoid objectness) with its anchors, box coding, proposal
+    selection and, in training, its losses.
 
-    ``forward(features, image_shapes)`` takes the 5 FPN maps (P2-P6, strides 4-64) of a batch
-    and the ``(h, w)`` of each resized, unpadded image and returns ``(boxes, scores)``: lists
-    with one ``(K_i, 4)`` / ``(K_i,)`` tensor per image (proposals in resized-image pixels,
-    sorted by decreasing score). The selection parameters are ``test_cfg`` in eval mode and
-    ``train_cfg`` in train mode (mmdet's ``rpn_proposal``). A training ``losses(...)`` method
-    can use :meth:`head_outputs` and :meth:`anchors` directly.
+    ``forward(features, image_shapes, targets=None, pad_shapes=None)`` takes the 5 FPN maps
+    (P2-P6, strides 4-64) of a batch and the ``(h, w)`` of each resized, unpadded image, and
+    returns ``(proposals, losses)``: per image a ``(K_i, 5)`` tensor ``[x1, y1, x2, y2,
+    objectness]`` (resized-image pixels, sorted by decreasing score: mmdet's proposal layout)
+    and, when ``targets`` are given, ``loss_rpn_cls`` and ``loss_rpn_bbox`` (else ``{}``).
+
+    The selection parameters are ``test_cfg`` in eval mode and ``train_cfg`` in train mode
+    (mmdet's ``rpn_proposal``); ``target_cfg`` sets the anchor targets of the losses.
     """
 
     def __init__(
@@ -204,6 +185,7 @@ class LegacyRPN(nn.Module):
         target_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
         test_cfg: RPNProposalConfig = RPN_TEST_CFG,
         train_cfg: RPNProposalConfig = RPN_TRAIN_CFG,
+        target_cfg: RPNTargetConfig = RPN_TARGET_CFG,
     ) -> None:
         super().__init__()
         self.anchor_generator = LegacyAnchorGenerator(strides, scales, ratios)
@@ -211,6 +193,7 @@ class LegacyRPN(nn.Module):
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors)
         self.test_cfg = test_cfg
         self.train_cfg = train_cfg
+        self.target_cfg = target_cfg
 
     @property
     def proposal_cfg(self) -> RPNProposalConfig:
@@ -228,22 +211,33 @@ class LegacyRPN(nn.Module):
         return self.anchor_generator.grid_anchors(sizes, device=features[0].device)
 
     def forward(
-        self, features: Sequence[Tensor], image_shapes: Sequence[tuple[int, int]]
-    ) -> tuple[list[Tensor], list[Tensor]]:
+        self,
+        features: Sequence[Tensor],
+        image_shapes: Sequence[tuple[int, int]],
+        targets: Sequence[dict[str, Tensor]] | None = None,
+        pad_shapes: Sequence[tuple[int, int]] | None = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Proposals of a batch, and its losses when ``targets`` (per image ``boxes``
+        ``(K_i, 4)`` in resized-image pixels) and ``pad_shapes`` (per image ``(h, w)`` padded
+        to the size divisor on its own) are given."""
         objectness, deltas = self.head_outputs(features)
+        anchors = self.anchors(features)
+        losses: dict[str, Tensor] = {}
+        if targets is not None:
+            if pad_shapes is None:
+                raise ValueError("the RPN's losses need the padded shape of every image")
+            losses = self.losses(objectness, deltas, anchors, [t["boxes"] for t in targets], image_shapes,
+                                 pad_shapes)
         with torch.no_grad():
-            return select_proposals(
+            boxes, scores = select_proposals(
                 [o.detach() for o in objectness],
                 [d.detach() for d in deltas],
-                self.anchors(features),
+                anchors,
                 image_shapes,
                 self.box_coder,
                 self.proposal_cfg,
             )
-
-    # ------------------------------------------------------------------ training
-    #: anchor targets and loss settings (``train_cfg.rpn``); replace to experiment.
-    target_cfg: RPNTargetConfig = RPN_TARGET_CFG
+        return [torch.cat([b, s[:, None]], dim=1) for b, s in zip(boxes, scores)], losses
 
     def losses(
         self,
@@ -265,16 +259,13 @@ class LegacyRPN(nn.Module):
             pad_shapes: per image ``(h, w)`` padded to the size divisor on its own (anchors
                 beyond it are invalid, as in mmdet's ``valid_flags``).
         """
-        from .losses import rpn_loss
-        from .targets import MaxIoUAssigner, RandomSampler, rpn_targets
-
         cfg = self.target_cfg
         sizes = [(int(o.shape[-2]), int(o.shape[-1])) for o in objectness]
         batch = objectness[0].shape[0]
         flat_anchors = torch.cat(list(anchors))
         valid = []
         for pad in pad_shapes:
-            valid_sizes = self.anchor_generator.valid_sizes_for_image(sizes, pad)
+            valid_sizes = self.anchor_generator.valid_sizes_for_image(sizes, tuple(pad))
             flags = self.anchor_generator.valid_flags(sizes, valid_sizes, device=flat_anchors.device)
             valid.append(torch.cat(flags))
         with torch.no_grad():

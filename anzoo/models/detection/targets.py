@@ -32,14 +32,11 @@ from torch import Tensor
 
 from .box_coder import LegacyBoxCoder
 from .box_ops import legacy_box_iou
+from .config import RCNNTrainConfig
 
 __all__ = [
-    "CASCADE_STAGE_LOSS_WEIGHTS",
-    "CASCADE_TRAIN_CFGS",
-    "MASK_RCNN_TRAIN_CFG",
     "AssignResult",
     "MaxIoUAssigner",
-    "RCNNTrainConfig",
     "RPNTargets",
     "RandomSampler",
     "SamplingResult",
@@ -297,29 +294,6 @@ def mask_targets(samples: Sequence[SamplingResult], gt_masks: Sequence[Tensor | 
     if not parts:
         return torch.zeros((0, size, size), device=device)
     return torch.from_numpy(np.concatenate(parts)).to(device=device, dtype=torch.float32)
-
-
-# ------------------------------------------------------------------------- R-CNN settings
-@dataclass(frozen=True)
-class RCNNTrainConfig:
-    """mmdet v1's ``train_cfg.rcnn`` of one box/mask stage."""
-
-    pos_iou_thr: float = 0.5
-    neg_iou_thr: float = 0.5
-    min_pos_iou: float = 0.5
-    num_samples: int = 512
-    pos_fraction: float = 0.25
-    add_gt_as_proposals: bool = True
-    mask_size: int = 28
-    smooth_l1_beta: float = 1.0
-
-
-#: Mask R-CNN rows' ``train_cfg.rcnn``.
-MASK_RCNN_TRAIN_CFG = RCNNTrainConfig()
-#: Cascade rows: IoU thresholds 0.5, 0.6, 0.7 for the three stages.
-CASCADE_TRAIN_CFGS = (RCNNTrainConfig(), RCNNTrainConfig(0.6, 0.6, 0.6), RCNNTrainConfig(0.7, 0.7, 0.7))
-#: Cascade rows' ``stage_loss_weights``.
-CASCADE_STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
 
 
 def sample_rois(proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor], gt_classes: Sequence[Tensor],
