@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import anzoo.cli as cli
+from anzoo.cli import base as cli_base
 from anzoo.data.results import decode_mask_rle
 from anzoo.factory import save_model
 from anzoo.inference import Predictor
@@ -45,7 +46,7 @@ def fake_model(model, monkeypatch):
 
     seen["model"] = model
 
-    monkeypatch.setattr(cli, "load_model", load)
+    monkeypatch.setattr(cli_base, "load_model", load)
     return seen
 
 

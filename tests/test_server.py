@@ -571,13 +571,14 @@ def test_cli_serve_builds_the_app_and_runs_uvicorn(model: torch.nn.Module, monke
     from typer.testing import CliRunner
 
     from anzoo import cli
+    from anzoo.cli import base as cli_base
 
     calls: dict = {"loaded": []}
     def fake_load(model_id: str, weights, device: str) -> torch.nn.Module:
         calls["loaded"].append((model_id, weights, device))
         return model
 
-    monkeypatch.setattr(cli, "load_model", fake_load)
+    monkeypatch.setattr(cli_base, "load_model", fake_load)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
     monkeypatch.setenv("ANZOO_PORT", "8123")
     result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID, "--device", "cpu", "--max-batch", "4",
@@ -724,9 +725,10 @@ def test_cli_serve_defaults_are_the_settings_defaults(model: torch.nn.Module, mo
     from typer.testing import CliRunner
 
     from anzoo import cli
+    from anzoo.cli import base as cli_base
 
     calls: dict = {}
-    monkeypatch.setattr(cli, "load_model", lambda model_id, weights, device: model)
+    monkeypatch.setattr(cli_base, "load_model", lambda model_id, weights, device: model)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
     with socket_on_free_port() as (_, port):
         pass  # a port that was free a moment ago
@@ -757,11 +759,12 @@ def test_cli_serve_on_a_busy_port_fails_before_loading_the_model(monkeypatch: py
     from typer.testing import CliRunner
 
     from anzoo import cli
+    from anzoo.cli import base as cli_base
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded although the port is busy")
 
-    monkeypatch.setattr(cli, "load_model", must_not_load)
+    monkeypatch.setattr(cli_base, "load_model", must_not_load)
     monkeypatch.setattr(uvicorn, "run", must_not_load)
     with socket_on_free_port() as (held, port):
         held.listen(1)

@@ -5,11 +5,15 @@ without numpy or torch (``anzoo list`` starts without them), each written once.
 """
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MAX_PIXELS", "TEST_SCALE"]
+__all__ = ["DEFAULT_MAX_PIXELS", "TEST_SCALE", "TRAIN_SCALE"]
 
 #: (long edge, short edge) limits of the test-time resize: the scale the released models
 #: were evaluated at (mmdetection v1's ``img_scale=(1333, 800)``).
 TEST_SCALE: tuple[int, int] = (1333, 800)
+
+#: (long edge, short edge) limits of the training resize in the reference configs (before the
+#: random flip): the same as the test scale.
+TRAIN_SCALE: tuple[int, int] = TEST_SCALE
 
 #: Largest image accepted by default: 50 Mpx (e.g. 8660 x 5774; a 48 Mpx phone photo,
 #: 8064 x 6048, passes). The detectors look at the image resized to fit TEST_SCALE, at most

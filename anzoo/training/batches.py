@@ -47,9 +47,9 @@ from ..data.coco import (
     load_coco_annotations,
 )
 from ..data.images import DEFAULT_MAX_PIXELS, load_image, read_image_size
+from ..data.defaults import TRAIN_SCALE
 from ..data.transforms import (
     SIZE_DIVISOR,
-    TEST_SCALE,
     ImageMeta,
     pad_to_batch,
     train_transform,
@@ -141,7 +141,7 @@ class CocoTrainDataset(Dataset):
     """
 
     def __init__(self, ann_file: str | os.PathLike | COCO, image_dir: str | os.PathLike,
-                 scale: Sequence[int] = TEST_SCALE, *, check_files: bool = True,
+                 scale: Sequence[int] = TRAIN_SCALE, *, check_files: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         # annotations without a usable mask are skipped and counted below, not refused
         self.coco = ann_file if isinstance(ann_file, COCO) else load_coco_annotations(ann_file, require_masks=False)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..data.defaults import TEST_SCALE
+from ..data.defaults import TRAIN_SCALE
 from ..errors import CheckpointError, DatasetError
 from .state import LATEST
 
@@ -70,7 +70,7 @@ class TrainConfig:
     amp: bool = False
     resume: bool = False
     max_iters: int | None = None
-    img_scale: tuple[int, int] = TEST_SCALE
+    img_scale: tuple[int, int] = TRAIN_SCALE
     eval_every: int = 1
     seed: int = 0
     device: str = "auto"
