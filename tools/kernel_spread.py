@@ -7,9 +7,9 @@ several kernel choices, each in a fresh subprocess (the choice is read once, at 
 and prints the largest difference seen per setting, so that a test's tolerance can be set
 from the spread with a margin (and the figure written next to it).
 
-    python tools/kernel_spread.py                          # parity rows (tests/test_parity.py)
+    python tools/kernel_spread.py                          # parity rows (tests/models/test_parity.py)
     python tools/kernel_spread.py --rows r50-bn r50-an-gn  # some rows
-    python tools/kernel_spread.py --tests tests/test_layers.py tests/test_fast_paths.py
+    python tools/kernel_spread.py --tests tests/models/test_layers.py tests/inference/test_fast_paths.py
     python tools/kernel_spread.py --settings default,onednn-sse41 --json spread.json
 
 ``--tests`` runs pytest on the files under each setting with this module as a plugin: every
@@ -165,8 +165,8 @@ def _site_key(key: str) -> tuple[str, int, str]:
 def _caller_site() -> str | None:
     for frame in inspect.stack()[2:]:
         path = Path(frame.filename).resolve()
-        if path.parent == TESTS and path.name.startswith("test_"):
-            return f"tests/{path.name}:{frame.lineno}"
+        if TESTS in path.parents and path.name.startswith("test_"):
+            return f"{path.relative_to(TESTS.parent)}:{frame.lineno}"
     return None
 
 

@@ -1,10 +1,10 @@
 """Run the reference mmdetection-v1 fork on CPU for one released row and write its detections
-as a parity fixture (tests/data/parity/ROW.json.gz).
+as a parity fixture (tests/fixtures/parity/ROW.json.gz).
 
     python tools/parity/ref_run.py ROW BACKGROUND_LOGIT LONG SHORT IMAGE [IMAGE ...]
 
 IMAGE names a scikit-image photo (``anzoo.data.demo``). The checkpoint is the deterministic one
-of tests/parity_weights.py with the given background logit, saved in the original layout.
+of tests/helpers/parity_weights.py with the given background logit, saved in the original layout.
 Environment: PARITY_ROOT (reference set-up, see README.md), REF (the two cloned repositories,
 default /tmp/ref), THREADS, PARITY_OUT (another folder for the fixture, e.g. a full-scale check).
 """
@@ -28,7 +28,7 @@ from mmdet.apis.inference import LoadImage  # noqa: E402
 from mmdet.datasets.pipelines import Compose  # noqa: E402
 
 sys.path[:0] = [REPO, os.path.join(REPO, 'tests')]
-from parity_weights import save_parity_checkpoint  # noqa: E402
+from helpers.parity_weights import save_parity_checkpoint  # noqa: E402
 
 from anzoo.data.demo import demo_image  # noqa: E402
 from anzoo.zoo import get_entry  # noqa: E402
@@ -81,7 +81,7 @@ def main():
               '%.1fs' % (time.time() - t), flush=True)
     doc = {'row': row, 'scale': [long_, short], 'background_logit': bg, 'reference': REFERENCE,
            'images': images}
-    out_dir = os.environ.get('PARITY_OUT') or os.path.join(REPO, 'tests', 'data', 'parity')
+    out_dir = os.environ.get('PARITY_OUT') or os.path.join(REPO, 'tests', 'fixtures', 'parity')
     out = os.path.join(out_dir, f'{row}.json.gz')
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with gzip.open(out, 'wt') as fh:

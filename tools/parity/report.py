@@ -2,7 +2,7 @@
 
     python tools/parity/report.py [ROW ...]
 
-PARITY_FIXTURES=DIR reads the fixtures from DIR instead of tests/data/parity.
+PARITY_FIXTURES=DIR reads the fixtures from DIR instead of tests/fixtures/parity.
 """
 import json
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 TESTS = Path(__file__).resolve().parents[2] / "tests"
-sys.path.insert(0, str(TESTS))
+sys.path[:0] = [str(TESTS), str(TESTS / "models")]
 import test_parity  # noqa: E402
 
 if os.environ.get("PARITY_FIXTURES"):

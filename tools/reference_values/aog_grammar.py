@@ -1,4 +1,4 @@
-"""Regenerate the AOG grammar values frozen in ``tests/test_aognet_grammar.py`` from the
+"""Regenerate the AOG grammar values frozen in ``tests/models/test_aognet_grammar.py`` from the
 reference implementation: AOGNet-v2's ``models/aognet/AOG.py``.
 
 The reference (research-only licence) is read from a clone, never copied into anzoo::
@@ -89,7 +89,7 @@ def print_values(v: dict) -> None:
 
 
 def check(v: dict) -> list[str]:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "models")]
     import test_aognet_grammar as t
     from anzoo.models.backbones.aognet.grammar import build_aog
 

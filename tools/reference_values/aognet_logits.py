@@ -1,4 +1,4 @@
-"""Regenerate the AOGNet logits frozen in ``tests/test_aognet.py``
+"""Regenerate the AOGNet logits frozen in ``tests/models/test_aognet.py``
 (``test_logits_match_reference_fixture``) with the reference network: AOGNet-v2's
 ``models/aognet/aognet.py``, built from its own ImageNet configs.
 
@@ -34,7 +34,7 @@ INDICES = [0, 1, 2, 3, 4, 5, 500, 999]
 def one_model(ref: Path, name: str) -> list[float]:
     """The reference's logits for ``name``, in this (fresh) process."""
     site = Path(os.environ.get("PARITY_ROOT", "/tmp/parity")) / "site"
-    sys.path[:0] = [str(ref), str(site), str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ref), str(site), str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "models")]
     import torch
     from models.aognet.aognet import aognet
     from models.config import cfg
@@ -71,7 +71,7 @@ def main() -> None:
     if args.check:
         import re
 
-        text = (ROOT / "tests" / "test_aognet.py").read_text(encoding="utf-8")
+        text = (ROOT / "tests" / "models" / "test_aognet.py").read_text(encoding="utf-8")
         worst = 0.0
         for name, logits in found.items():
             stored = re.search(rf'\("{name}", \[([^\]]*)\]', text)

@@ -1,5 +1,5 @@
 """How far the bfloat16 CPU autocast path moves detections from float32: the figures behind
-the tolerance of ``tests/test_fast_paths.py::test_bf16_autocast_on_cpu_stays_close``.
+the tolerance of ``tests/inference/test_fast_paths.py::test_bf16_autocast_on_cpu_stays_close``.
 
 Same model, image and scale as the test; the top detections of the float32 run are matched one
 to one with the bfloat16 run's (same label, nearest box, each used once). Run under the kernel
@@ -32,7 +32,7 @@ VARIANTS = {
 
 
 def measure() -> dict:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "inference")]
     import torch
 
     torch.set_num_threads(int(os.environ.get("ANZOO_THREADS", "1")))

@@ -12,6 +12,7 @@ import pytest
 import anzoo
 from anzoo import zoo
 from anzoo.errors import UnknownModelError, ZooSchemaError
+from helpers.zoo_rows import EXPECTED_IDS
 from anzoo.schema import (BACKBONE_NAMES, Backbone, BackboneNorm, Detector, HeadNorm, ZooEntry, entry_field,
                           parse_entry)
 
@@ -45,13 +46,6 @@ SEED_TABLES = """
 </table>
 """
 
-EXPECTED_IDS = [
-    "r50-bn", "r50-an", "r50-gn", "r50-sn", "r50-an-gn",
-    "r101-bn", "r101-an", "r101-gn", "r101-an-gn",
-    "aognet12m-bn", "aognet12m-an", "aognet12m-an-gn",
-    "aognet40m-bn", "aognet40m-an", "aognet40m-an-gn",
-    "cascade-r101-bn", "cascade-r101-an", "cascade-aognet40m-bn", "cascade-aognet40m-an",
-]
 
 
 class _TableRows(html.parser.HTMLParser):
@@ -319,7 +313,7 @@ def test_missing_extra_file(monkeypatch, tmp_path):
 def test_builtin_zoo_is_valid_and_shipped():
     path = zoo.builtin_zoo_path()
     assert path.name == "zoo.yaml" and path.parent.name == "anzoo"
-    repo_copy = Path(__file__).resolve().parents[1] / "zoo.yaml"
+    repo_copy = Path(__file__).resolve().parents[2] / "zoo.yaml"
     if repo_copy.exists():  # the repository root's zoo.yaml is the same file
         assert repo_copy.read_bytes() == path.read_bytes()
 
@@ -359,7 +353,7 @@ def test_changes_to_an_extra_file_are_seen(extra_zoo):
 
 # --------------------------------------------------------------------------- README
 def test_readme_model_table_matches_zoo():
-    readme = Path(__file__).resolve().parents[1] / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "README.md"
     text = readme.read_text(encoding="utf-8")
     for e in zoo.list_entries():
         link = f"[Google Drive]({e.weights.manual_url})" if e.weights else "-"

@@ -18,28 +18,7 @@ import torch
 from anzoo import hub
 from anzoo.checkpoint import read_checkpoint
 from anzoo.errors import CacheError, CheckpointError, DownloadError, IntegrityError, OfflineError
-
-HTML_QUOTA_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head>"
-                   b"<body><p>Too many users have viewed or downloaded this file recently.</p></body></html>")
-
-
-def checkpoint_bytes(seed: int = 0, n: int = 20_000, legacy: bool = False) -> bytes:
-    """A small torch.save file in the AOGNet-v2 layout (zip-based unless ``legacy``)."""
-    g = torch.Generator().manual_seed(seed)
-    obj = {"epoch": 3, "state_dict": {"module.conv.weight": torch.randn(n, generator=g)}}
-    buf = io.BytesIO()
-    torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
-    return buf.getvalue()
-
-
-def archive_bytes(checkpoint: bytes, folder: str = "resnet-50-imagenet") -> bytes:
-    """A zip as the AOGNet-v2 release ships it: model_best.pth.tar + config.yaml."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(f"{folder}/model_best.pth.tar", checkpoint)
-        zf.writestr(f"{folder}/config.yaml", "model:\n  arch: resnet\n")
-    return buf.getvalue()
-
+from helpers.cache_files import HTML_QUOTA_PAGE, archive_bytes, checkpoint_bytes
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -492,7 +471,7 @@ def test_gdown_floor_is_declared_and_an_older_gdown_gives_one_error(extra_zoo, m
 
     import gdown
 
-    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert re.search(rf'"gdown>={re.escape(hub.GDOWN_MIN_VERSION)}"', pyproject)
     assert re.search(r'"torch>=2\.([5-9]|\d\d)"', pyproject)  # torch.serialization.safe_globals
 

@@ -32,7 +32,7 @@ from anzoo.server.app import API_KEY_ENV, create_app
 from anzoo.testing import confident_model
 from anzoo.zoo import get_entry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "Dockerfile"
 #: the oldest Kubernetes the manifests are written for (README), and the newest whose schemas

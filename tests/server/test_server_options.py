@@ -23,7 +23,7 @@ from anzoo.server.app import create_app
 from anzoo.server.schemas import SegmentOptions
 from anzoo.testing import confident_model
 
-from pictures import noise_png
+from helpers.pictures import noise_png
 
 MODEL_ID = "r50-bn"
 SCALE = (96, 64)

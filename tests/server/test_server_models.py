@@ -21,7 +21,7 @@ from anzoo.server.app import create_app
 from anzoo.server.runner import BackgroundServer
 from anzoo.testing import confident_model
 
-from pictures import noise_png
+from helpers.pictures import noise_png
 
 SCALE = (96, 64)
 PNG_HEADERS = {"Content-Type": "image/png"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from anzoo.cli import as_flags
+from anzoo.cli.base import as_flags
 from anzoo.inference import Predictor, rank_indices
 from anzoo.models.detection.detections import Detections
 

@@ -1,6 +1,6 @@
 """AOGNet-12m/40m backbones: released structure, checkpoint loading, numerics, detection mode.
 
-The manifests (tests/data/manifests) list every key and shape of the released AOGNet-v2
+The manifests (tests/fixtures/manifests) list every key and shape of the released AOGNet-v2
 ImageNet models. The frozen logits were computed with the AOGNet-v2 reference network (float64)
 on weights given by a formula of each manifest key's position, see ``formula_state_dict``;
 ``tools/reference_values/aognet_logits.py`` computes them again from a clone of AOGNet-v2.
@@ -23,7 +23,7 @@ from anzoo.models.backbones.aognet import AOGNet, NodeOp, NodeType
 from anzoo.models.backbones.aognet.convert import convert_key
 from anzoo.models.layers import AttentiveBatchNorm2d
 
-MANIFESTS = Path(__file__).parent / "data" / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 NAMES = ["aognet12m-bn", "aognet12m-an", "aognet40m-bn", "aognet40m-an"]
 PARAMS = {"aognet12m-bn": 12_259_099, "aognet12m-an": 12_373_355,
           "aognet40m-bn": 40_153_004, "aognet40m-an": 40_388_880}

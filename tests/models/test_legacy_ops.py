@@ -24,7 +24,7 @@ from anzoo.models.detection.roi_align import (
     to_inclusive_end,
 )
 
-from legacy_kernels import kernel_nms, kernel_roi_align
+from helpers.legacy_kernels import kernel_nms, kernel_roi_align
 
 
 # ----------------------------------------------------------------------------- anchors

@@ -33,7 +33,7 @@ from anzoo.testing import confident_model
 from anzoo.training.engine import FINAL_MODEL
 from anzoo.training.model import CLASS_SPECIFIC_KEYS
 
-from oracle import make_oracle_dataset, oracle_for
+from helpers.oracle import make_oracle_dataset, oracle_for
 
 SCALE = ("128", "96")
 FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--log-every", "1",

@@ -16,7 +16,7 @@ from anzoo.inference import Predictor
 from anzoo.models.detection.build import build_detector
 from anzoo.testing import SMALL_SCALE, confident_model
 from anzoo.zoo import get_entry, list_entries
-from manifests import load_manifest, mmdet_checkpoint
+from helpers.manifests import load_manifest, mmdet_checkpoint
 
 RELEASED = [e.id for e in list_entries() if e.has_weights]
 

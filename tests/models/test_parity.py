@@ -1,9 +1,9 @@
 """Parity with mmdetection v1: every released row gives the reference fork's detections.
 
-The fixtures in ``tests/data/parity/`` were produced once by the authors' mmdetection-v1 fork
+The fixtures in ``tests/fixtures/parity/`` were produced once by the authors' mmdetection-v1 fork
 itself (``tools/parity/``: its test pipeline and heads on the CPU, with float32 transcriptions
 of its NMS and RoIAlign CUDA kernels) from the deterministic checkpoints of
-``tests/parity_weights.py``, on a scikit-image photo. Here anzoo loads the same checkpoint file,
+``tests/helpers/parity_weights.py``, on a scikit-image photo. Here anzoo loads the same checkpoint file,
 in the original key layout, through ``create_model(pretrained=PATH)`` and must give the same
 detections: same count, same classes, the same boxes and scores up to the float32 rounding
 that differs from one CPU's kernels to another's, and the same masks (legacy paste), pixel for
@@ -24,9 +24,9 @@ from anzoo.data.demo import demo_image
 from anzoo.factory import create_model
 from anzoo.inference import Predictor
 
-from parity_weights import save_parity_checkpoint
+from helpers.parity_weights import save_parity_checkpoint
 
-FIXTURES = Path(__file__).parent / "data" / "parity"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
 ROWS = sorted(p.name[: -len(".json.gz")] for p in FIXTURES.glob("*.json.gz"))
 
 #: Each CPU sums float32 convolutions in its own order (oneDNN, MKL and ATen pick kernels by

@@ -1,6 +1,6 @@
 """Deterministic, well-scaled weights for the released mmdetection-v1 layouts (parity tests).
 
-``parity_state_dict(model_id)`` fills every key of ``tests/data/manifests/detector-<id>``
+``parity_state_dict(model_id)`` fills every key of ``tests/fixtures/manifests/detector-<id>``
 with a tensor that depends only on the key's name, its shape and the rule below, so that the
 same checkpoint comes out bit for bit on any machine, in any key order, with any numpy/torch
 version:
@@ -50,7 +50,7 @@ import torch
 SEED = 20240611
 BACKGROUND_LOGIT = 8.0
 EXTRA_NORM_VAR = 4.0
-MANIFESTS = Path(__file__).parent / "data" / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 
 #: gain g of the output layers (weight variance g^2 / fan_in)
 _OUTPUT_GAINS = {

@@ -1,4 +1,4 @@
-"""Checkpoints in the released layouts, built from the manifests in tests/data/manifests.
+"""Checkpoints in the released layouts, built from the manifests in tests/fixtures/manifests.
 
 The manifests list every key and shape of the authors' files (the 16 mmdetection-v1
 detectors, the 8 AOGNet-v2 ImageNet backbones); filling them with random tensors gives files
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-MANIFESTS = Path(__file__).parent / "data" / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 
 
 def load_manifest(name: str) -> dict:

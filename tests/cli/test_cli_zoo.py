@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from anzoo import hub
 from anzoo.cli import app
-from test_hub import HTML_QUOTA_PAGE, checkpoint_bytes
-from test_zoo import EXPECTED_IDS
+from helpers.cache_files import HTML_QUOTA_PAGE, checkpoint_bytes
+from helpers.zoo_rows import EXPECTED_IDS
 
 runner = CliRunner()
 
@@ -269,7 +269,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch):
 
 # --------------------------------------------------------------------------- import
 def test_import(tmp_path, anzoo_home):
-    from manifests import mmdet_checkpoint
+    from helpers.manifests import mmdet_checkpoint
 
     file = mmdet_checkpoint("r50-an", tmp_path / "r50.pth")
     result = run("import", "r50-bn", str(file))  # another architecture: refused

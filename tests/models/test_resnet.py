@@ -1,5 +1,5 @@
 """ResNet-50/101 backbones: structure equal to the released AOGNet-v2 ImageNet models (their
-state-dict manifests in tests/data/manifests), checkpoint loading in the original layout,
+state-dict manifests in tests/fixtures/manifests), checkpoint loading in the original layout,
 training behaviour (gradients, frozen stages, norm_eval) and autocast."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from anzoo.models.backbones import get_backbone_spec, list_backbones
 from anzoo.models.backbones.resnet import checkpoint_filter_fn
 from anzoo.models.layers import AttentiveBatchNorm2d, SwitchNorm2d
 
-MANIFESTS = Path(__file__).parent / "data" / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 RESNET_NAMES = ["r50-bn", "r50-an", "r50-gn", "r50-sn", "r101-bn", "r101-an", "r101-gn", "r101-sn"]
 
 

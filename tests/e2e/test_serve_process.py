@@ -26,7 +26,7 @@ import anzoo
 from anzoo.factory import save_model
 from anzoo.testing import confident_model
 
-from pictures import noise_png
+from helpers.pictures import noise_png
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 

@@ -18,7 +18,7 @@ from anzoo.models.detection.postprocess import (
     paste_masks_legacy,
 )
 
-from legacy_kernels import kernel_multiclass_nms
+from helpers.legacy_kernels import kernel_multiclass_nms
 
 
 # ----------------------------------------------------------------------------- multiclass NMS

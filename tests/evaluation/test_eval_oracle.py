@@ -22,7 +22,7 @@ from anzoo.data.coco import load_coco_annotations
 from anzoo.data.results import decode_mask_rle
 from anzoo.evaluation import METRIC_NAMES, evaluate
 
-from oracle import OracleDetection, ground_truth, inclusive_box, make_oracle_dataset, oracle_for
+from helpers.oracle import OracleDetection, ground_truth, inclusive_box, make_oracle_dataset, oracle_for
 
 SCALE = (128, 96)  # the oracle ignores the pixels: the smallest resize is the fastest
 

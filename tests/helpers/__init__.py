@@ -1,0 +1,1 @@
+"""Shared test helpers: reference kernels, checkpoints in the original layouts, oracles, pictures."""
