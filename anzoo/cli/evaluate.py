@@ -16,8 +16,11 @@ from ..errors import AnzooError
 from .base import (
     SCALE_MAX,
     SCALE_MIN,
+    Fp16Opt,
     JsonOpt,
+    PrecisionOpt,
     long_short,
+    precision_flag,
     command,
     console,
     print_error,
@@ -124,7 +127,8 @@ def eval_(
     workers: Annotated[int, typer.Option(
         "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images.")] = 4,
     device: Annotated[EvalDevice, typer.Option("--device", help="Where the model runs.")] = EvalDevice.auto,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA.")] = False,
+    precision: PrecisionOpt = "fp32",
+    fp16: Fp16Opt = False,
     scale: Annotated[tuple[int, int], typer.Option(
         "--scale", min=SCALE_MIN, max=SCALE_MAX,
         help="Test scale LONG SHORT: longest and shortest side limits.")] = TEST_SCALE,
@@ -142,9 +146,10 @@ def eval_(
     from ..evaluation import evaluate_zoo, evaluate_zoo_model, resolve_coco_files
 
     _check_eval_options(model_id, all_, weights)
+    precision = precision_flag(precision, fp16, device.value)
     files = resolve_coco_files(coco, ann, images)
     options: dict[str, Any] = {"limit": limit, "batch_size": batch_size, "workers": workers,
-                               "device": device.value, "fp16": fp16, "scale": long_short(scale),
+                               "device": device.value, "precision": precision, "scale": long_short(scale),
                                "resume": resume}
     if gpus > 1 and not launched_by_torchrun():
         _check_gpus(gpus, device)

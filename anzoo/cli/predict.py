@@ -13,9 +13,11 @@ from . import base
 from .base import (
     DeviceOpt,
     Fp16Opt,
+    PrecisionOpt,
     TestScaleOpt,
     WeightsOpt,
     long_short,
+    precision_flag,
     command,
     console,
     log,
@@ -64,6 +66,7 @@ def predict(
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <name>.json and <name>.png.")] = Path(
         "predictions"),
+    precision: PrecisionOpt = "fp32",
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
     scale: TestScaleOpt = TEST_SCALE,
@@ -72,13 +75,14 @@ def predict(
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
 ) -> None:
     """Instance segmentation of images: COCO-style JSON (RLE masks) and a picture with the masks drawn."""
+    precision = precision_flag(precision, fp16, device)
     paths, failures = _image_paths(images or [], demo, out)
     for path, message in failures:
         print_error(message)
     if paths:
         from ..inference import Predictor
 
-        predictor = Predictor(base.load_model(model, weights, device), fp16=fp16, batch_size=batch_size,
+        predictor = Predictor(base.load_model(model, weights, device), precision=precision, batch_size=batch_size,
                               scale=long_short(scale))
         log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(paths), out)
         for result in predictor.predict_files(paths, out, score_thr=score_thr):

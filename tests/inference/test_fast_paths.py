@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from anzoo.errors import AnzooError
 from anzoo.inference import Predictor
 from anzoo.testing import SMALL_SCALE, confident_model
 
@@ -89,10 +90,38 @@ SCORE_TOL = 0.02
 def test_bf16_autocast_on_cpu_stays_close(model):
     images = _images()[:1]
     ref = Predictor(model, scale=BF16_SCALE).predict_instances(images)[0]
-    low = Predictor(model, scale=BF16_SCALE, fp16=True).predict_instances(images)[0]
+    low = Predictor(model, scale=BF16_SCALE, precision="bf16").predict_instances(images)[0]
     assert len(ref) >= TOP
     pairs = match_one_to_one(ref, low, TOP)
     assert len(pairs) == TOP  # every top detection is found again, each by its own partner
     # bfloat16 keeps 8 bits of mantissa: boxes move by a tenth of a pixel (see BOX_PX_TOL)
     assert max(d for _, _, d, _ in pairs) <= BOX_PX_TOL
     assert max(s for _, _, _, s in pairs) <= SCORE_TOL
+
+
+def test_precision_is_checked_and_fp16_is_its_deprecated_alias(model):
+    for bad in ("fp64", "bfloat16", ""):
+        with pytest.raises(AnzooError, match="not one of fp32, bf16, fp16"):
+            Predictor(model, precision=bad, device="cpu")
+    with pytest.raises(AnzooError, match="CUDA GPUs only"):  # float16 autocast has no fast CPU kernels
+        Predictor(model, precision="fp16", device="cpu")
+    with pytest.warns(FutureWarning, match="`fp16` is deprecated"):
+        alias = Predictor(model, fp16=True, device="cpu")
+    assert alias.precision == "bf16" and alias.fp16  # on the CPU fp16=True always meant bfloat16
+    with pytest.warns(FutureWarning):
+        assert Predictor(model, fp16=False, device="cpu").precision == "fp32"
+    assert Predictor(model, device="cpu").precision == "fp32"
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_autocast_of_the_forward(model, monkeypatch, precision, dtype):
+    seen = []
+
+    def detect(images, metas, with_masks=True):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return []
+
+    predictor = Predictor(model, precision=precision, scale=SMALL_SCALE)
+    monkeypatch.setattr(predictor.model, "detect", detect)
+    predictor.detect(_images()[:1])
+    assert seen == [dtype]
