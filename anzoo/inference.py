@@ -19,6 +19,7 @@ v1 did would change its detections. Grouping keeps batched results identical to 
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -41,6 +42,7 @@ from .fileio import atomic_write_bytes
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import MaskCrops, clipped_paste_windows, paste_masks_fast, paste_masks_legacy
+from .models.layers import fold_batch_norms
 from .runtime import autocast, check_precision, precision_from_fp16, resolve_device
 from .structures import Instances
 from .visualize import draw_instances
@@ -66,12 +68,16 @@ class Predictor:
             device, equal up to rounding at the 0.5 threshold), 'auto' (fast on CUDA, legacy on CPU).
         channels_last: use the channels-last memory format (faster convolutions on GPUs).
         scale: (long, short) test scale; the released models were evaluated at (1333, 800).
+        fold_norms: run a copy of ``model`` whose eval-mode BatchNorms (and AN's normalisation)
+            are folded into the convolutions before them (:func:`~anzoo.models.layers.fold_batch_norms`):
+            the same detections up to float32 rounding, one pass over each feature map less
+            per norm; ``model`` itself is left as it is (it can still be trained or saved).
     """
 
     def __init__(self, model: TwoStageDetector, device: str | torch.device | None = None,
                  precision: str = "fp32", batch_size: int = 1, mask_paste: str = "auto",
                  channels_last: bool = False, scale: tuple[int, int] = TEST_SCALE,
-                 fp16: bool | None = None) -> None:
+                 fold_norms: bool = True, fp16: bool | None = None) -> None:
         if mask_paste not in MASK_PASTE_MODES:
             raise ValueError(f"mask_paste must be one of {MASK_PASTE_MODES}")
         if batch_size < 1:
@@ -81,6 +87,12 @@ class Predictor:
             precision = precision_from_fp16(fp16, self.device)
         self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        self.folded_norms = 0  # norms folded into convolutions in this predictor's copy of the model
+        if fold_norms:
+            folded = copy.deepcopy(self.model)
+            self.folded_norms = fold_batch_norms(folded)
+            if self.folded_norms:
+                self.model = folded
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last

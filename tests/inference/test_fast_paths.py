@@ -1,12 +1,15 @@
 """The fast inference paths give the reference paths' detections, on the CPU."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from anzoo.errors import AnzooError
 from anzoo.inference import Predictor
+from anzoo.models.layers.fold import FoldedNorm
 from anzoo.testing import SMALL_SCALE, confident_model
 
 
@@ -125,3 +128,34 @@ def test_precision_sets_the_autocast_of_the_forward(model, monkeypatch, precisio
     monkeypatch.setattr(predictor.model, "detect", detect)
     predictor.detect(_images()[:1])
     assert seen == [dtype]
+
+
+#: folded against unfolded norms (same float32 model, eval-mode BatchNorms and AN's
+#: normalisation folded into the convolutions). Measured with tools/tolerances/fold_spread.py on
+#: an AMD EPYC (AVX2): boxes moved by at most 6.1e-5 px and scores by at most 1.1e-6 (1 or 2
+#: threads, ATEN_CPU_CAPABILITY=default|avx2, ONEDNN_MAX_CPU_ISA=AVX2). Margins of 80x and 45x:
+#: on other CPUs the kernels' own spread (the parity tests': up to 2.5e-3 px) may add to it.
+FOLD_BOX_TOL = 5e-3
+FOLD_SCORE_TOL = 5e-5
+
+
+def folded_and_unfolded(model):
+    """Detections of ``model`` with BatchNorm statistics away from the identity, with and without folding."""
+    from helpers.norms import randomize_batch_norms
+
+    varied = randomize_batch_norms(copy.deepcopy(model))
+    images = _images()
+    plain = Predictor(varied, scale=SMALL_SCALE, fold_norms=False)
+    folded = Predictor(varied, scale=SMALL_SCALE)
+    return plain, folded, plain.predict_instances(images), folded.predict_instances(images)
+
+
+def test_folded_norms_keep_detections(model):
+    plain, folded, ref, out = folded_and_unfolded(model)
+    assert (plain.folded_norms, folded.folded_norms) == (0, 53)  # r50-an: 37 BatchNorms, 16 AN
+    assert plain.model is not folded.model and not any(isinstance(m, FoldedNorm) for m in plain.model.modules())
+    for a, b in zip(ref, out):
+        assert len(a) == len(b) > 0 and torch.equal(a.labels, b.labels)
+        torch.testing.assert_close(a.boxes, b.boxes, atol=FOLD_BOX_TOL, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=FOLD_SCORE_TOL, rtol=0)
+        assert _mask_iou(a.masks, b.masks).min() >= 0.98

@@ -44,7 +44,7 @@ def measure() -> dict:
     model = confident_model("r50-an-gn", proposals=40)
     image = _images()[:1]
     ref = Predictor(model, scale=BF16_SCALE).predict_instances(image)[0]
-    low = Predictor(model, scale=BF16_SCALE, fp16=True).predict_instances(image)[0]
+    low = Predictor(model, scale=BF16_SCALE, precision="bf16").predict_instances(image)[0]
     pairs = match_one_to_one(ref, low, TOP)
     return {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "detections": [len(ref), len(low)], "matched": len(pairs),
