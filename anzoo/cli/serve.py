@@ -110,6 +110,7 @@ def serve(
         loaded[model_id] = base.load_model(model_id, weights, device)
     app = create_app(loaded, settings=settings, device=device, precision=precision,
                      scale=long_short(scale))
+    loaded.clear()  # the predictors run their own (folded) copies: free the originals
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it may use it "
