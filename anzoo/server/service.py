@@ -391,6 +391,8 @@ class SegmentService:
                            f"{self.settings.request_timeout_s:g} s; the server is overloaded") from exc
         except NotRunningError:  # a job being retried on another replica when the workers stopped
             raise ApiError(503, "shutting_down", "the server is shutting down") from None
+        except Exception as exc:  # the model raised on this image's batch (the batcher logged it)
+            raise ApiError(500, "internal", "internal server error: the model failed on this image") from exc
         except asyncio.CancelledError:
             task = asyncio.current_task()
             cancelling = task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
