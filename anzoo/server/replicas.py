@@ -4,7 +4,9 @@ several on the CPU (``--replicas``), each run by a worker thread of the service'
 Replicas on one device share the model's weights (they only read them); a replica on another
 device gets its own copy. Every replica's predictor is configured as the one it is made from
 (scale, fp16, mask pasting, memory format), so that any of them gives the same answer. CPU
-replicas split the torch threads between them: each worker sets its share on its own thread.
+replicas split the torch threads between them: each worker sets its share on its own thread
+(OpenMP keeps a thread count per thread; threads started later, such as the decoding pool's,
+start with the last one set, a share too).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ metrics, and the path of one admitted ``POST /segment`` request through them.
          one at a time (RLE / polygons), or drawn one at a time -> JSON / PNG bytes
 
 Decoding and encoding run in the threadpool, model work on the batcher's workers (one per
-replica, see :mod:`~anzoo.server.replicas`), so the event loop only moves bytes. Every error a client can cause is an :class:`ApiError`.
+replica, see :mod:`~anzoo.server.replicas`), so the event loop only moves bytes. Every error a
+client can cause is an :class:`ApiError`.
 """
 from __future__ import annotations
 

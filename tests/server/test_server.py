@@ -26,6 +26,7 @@ from anzoo.server.batching import DynamicBatcher, NotRunningError, QueueFullErro
 from anzoo.server.schemas import SegmentResponse
 from anzoo.testing import confident_model
 from anzoo.visualize import draw_instances
+from helpers.metrics_text import metric
 
 MODEL_ID = "r50-an"
 SCALE = (128, 96)
@@ -419,13 +420,6 @@ def test_openapi_schema_is_valid(client: TestClient) -> None:
 
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})? '
                     r'(-?[0-9.e+]+|\+Inf|-Inf|NaN)$')
-
-
-def metric(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{sample} not in metrics:\n{text}")
 
 
 def test_metrics_are_prometheus_text(client: TestClient) -> None:

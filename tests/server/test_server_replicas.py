@@ -6,7 +6,6 @@ over worker processes in prometheus_client's multiprocess mode."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import socket
 import subprocess
@@ -16,10 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from anzoo.errors import AnzooError
 from anzoo.inference import Predictor
@@ -28,6 +25,8 @@ from anzoo.server.batching import DynamicBatcher
 from anzoo.server.replicas import build_replicas, parse_devices
 from anzoo.server.runner import BackgroundServer
 from anzoo.testing import confident_model
+from helpers.metrics_text import metric
+from helpers.pictures import noise_png
 
 MODEL_ID = "r50-an"
 SCALE = (96, 64)
@@ -41,14 +40,7 @@ def model() -> torch.nn.Module:
     return confident_model(MODEL_ID, proposals=8, max_per_img=2)
 
 
-def png(height: int, width: int, seed: int) -> bytes:
-    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-IMAGES = [png(60, 80, seed) for seed in range(3)]
+IMAGES = [noise_png(60, 80, seed) for seed in range(3)]
 
 
 def post_all(url: str, bodies: list[bytes]) -> list[httpx.Response]:
@@ -59,13 +51,6 @@ def post_all(url: str, bodies: list[bytes]) -> list[httpx.Response]:
                                           for b in bodies))
 
     return asyncio.run(main())
-
-
-def metric(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{sample} not in metrics:\n{text}")
 
 
 # --------------------------------------------------------------------------- the batcher alone
