@@ -61,7 +61,7 @@ class ServiceMetrics:
         self.replica_up = Gauge("anzoo_replica_up", "1 when the replica is in rotation (warm and not failed).",
                                 ("replica", "device"), multiprocess_mode="liveall", registry=registry)
         self.replica_failures = Counter("anzoo_replica_failures_total",
-                                        "Batches that raised on a replica (it is taken out of rotation).",
+                                        "Batches that raised on a replica (see anzoo_replica_up for its rotation).",
                                         ("replica",), registry=registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:

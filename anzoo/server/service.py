@@ -193,6 +193,8 @@ class SegmentService:
         replica = self.replicas[index]
         if replica.threads is not None:
             torch.set_num_threads(replica.threads)  # this thread's OpenMP pool (and later threads')
+        if replica.device.type == "cuda":
+            torch.cuda.set_device(replica.device)  # this thread's current device: its kernels' default
         if not self.settings.warmup:
             return
         rng = np.random.default_rng(0)
