@@ -334,7 +334,8 @@ class SegmentService:
         between their body and their answer are bounded, which bounds memory; and a request
         whose expected wait (every admitted request still without its result is ahead of it)
         is over the timeout is refused."""
-        if self.admitted >= self.settings.max_queue + self.settings.max_batch:
+        running = self.settings.max_batch * len(self.replicas)  # a batch on each replica
+        if self.admitted >= self.settings.max_queue + running:
             raise ApiError(503, "queue_full", "the server is busy (its queue is full); retry shortly",
                            {"Retry-After": str(self.settings.retry_after_s)})
         self.check_wait(self.settings.request_timeout_s, ahead=self.inferring)
