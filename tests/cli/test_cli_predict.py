@@ -140,6 +140,7 @@ def test_offline_without_cached_weights_is_a_clear_error(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "ANZOO_OFFLINE" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_real_weights_file_end_to_end(tmp_path, model):
     weights = save_model(model, tmp_path / "r50.pth")
     img = _photo(tmp_path / "a.png")

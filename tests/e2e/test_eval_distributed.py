@@ -18,6 +18,9 @@ from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.factory import save_model
 from anzoo.testing import confident_model
 
+# Slow tier (`-m "not slow"` leaves it out): end to end through processes.
+pytestmark = pytest.mark.slow
+
 # The released configs keep 1000 RPN proposals, too slow for a test on a CPU: the CLI runs
 # inside a launcher that makes create_model keep 10 (in each torchrun worker and in this process).
 LAUNCHER = textwrap.dedent("""
