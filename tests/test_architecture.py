@@ -9,7 +9,7 @@ rank  layer        modules
 1     models       models/ (torch, torchvision and the numerics mmdetection used: numpy, cv2)
 2     data         data/ (images, transforms, COCO files)
 3     zoo          checkpoint, zoo, hub, factory, runtime, distributed, visualize
-4     run          inference, evaluation/, training/, export (to come), testing, the package top
+4     run          inference, bulk/, evaluation/, training/, export (to come), testing, the package top
 5     shells       cli, server/, __main__
 ====  ===========  =================================================================================
 
@@ -55,8 +55,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("anzoo.data",)),
     ("zoo", ("anzoo.checkpoint", "anzoo.zoo", "anzoo.hub", "anzoo.factory", "anzoo.runtime",
              "anzoo.distributed", "anzoo.visualize")),
-    ("run", ("anzoo.inference", "anzoo.evaluation", "anzoo.training", "anzoo.export", "anzoo.testing",
-             "anzoo")),
+    ("run", ("anzoo.inference", "anzoo.bulk", "anzoo.evaluation", "anzoo.training", "anzoo.export",
+             "anzoo.testing", "anzoo")),
     ("shells", ("anzoo.cli", "anzoo.server", "anzoo.__main__")),
 ]
 
