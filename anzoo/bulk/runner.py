@@ -44,7 +44,7 @@ from ..partfiles import PartFiles, part_line
 from ..runtime import device_kind
 from .outputs import FORMATS, line_fields, output_names, write_failed, write_final
 
-__all__ = ["BulkResult", "ImageDone", "predict_bulk"]
+__all__ = ["BulkResult", "ImageDone", "predict_bulk", "shard_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,15 @@ def predict_bulk(predictor: Predictor, sources: Sequence[Source], out_dir: str |
     return run.run()
 
 
+def shard_windows(todo: Sequence[int], window: int, rank: int, world_size: int) -> list[list[int]]:
+    """Process ``rank``'s share of ``todo``: windows of ``window`` consecutive items, window
+    ``w`` to process ``w % world_size``; with fewer items than a window for every process, the
+    windows are made smaller so that all take part."""
+    size = max(1, min(window, -(-len(todo) // world_size)))
+    windows = [list(todo[j:j + size]) for j in range(0, len(todo), size)]
+    return windows[rank::world_size]
+
+
 @dataclass
 class _BulkRun:
     predictor: Predictor
@@ -138,8 +147,8 @@ class _BulkRun:
         if self.ctx.is_main and done:
             log.info("%d of %d images already done; %d to go", len(self.sources) - len(todo), len(self.sources),
                      len(todo))
-        windows = [todo[j:j + self.window] for j in range(0, len(todo), self.window)]
-        count, seconds, failed = self._infer(windows[self.ctx.rank::self.ctx.world_size], run_token)
+        windows = shard_windows(todo, self.window, self.ctx.rank, self.ctx.world_size)
+        count, seconds, failed = self._infer(windows, run_token)
         stats = self.ctx.all_gather((count, seconds, failed))
         images_this_run = sum(c for c, _, _ in stats)
         seconds = max(s for _, s, _ in stats)

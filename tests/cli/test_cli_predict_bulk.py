@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 import anzoo.cli as cli
+from anzoo.bulk.runner import shard_windows
 from anzoo.data.results import decode_mask_rle
 from anzoo.inference import Predictor
 from anzoo.testing import confident_model
@@ -139,3 +140,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(inputs: Path, tmp_path
     names = ["predictions.jsonl"] if fmt == "jsonl" else ["results.json", "images.json"]
     for name in names + ["failed.txt", "a/x.png", "v.avi/000004.png"]:
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_shards_cover_every_image_once() -> None:
+    todo = [0, 2, 3, 5, 6, 7, 8, 9, 11]
+    assert shard_windows(todo, 4, 0, 2) == [[0, 2, 3, 5], [11]]
+    assert shard_windows(todo, 4, 1, 2) == [[6, 7, 8, 9]]
+    # fewer images than a window for each process: all still take part
+    assert [shard_windows(todo, 16, r, 2) for r in (0, 1)] == [[[0, 2, 3, 5, 6]], [[7, 8, 9, 11]]]
+    assert [shard_windows([4, 5], 16, r, 3) for r in (0, 1, 2)] == [[[4]], [[5]], []]
+    assert shard_windows(todo, 16, 0, 1) == [todo]

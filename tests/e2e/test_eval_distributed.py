@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,31 +14,7 @@ from anzoo.cli import app
 from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.factory import save_model
 from anzoo.testing import confident_model
-
-# The released configs keep 1000 RPN proposals, too slow for a test on a CPU: the CLI runs
-# inside a launcher that makes create_model keep 10 (in each torchrun worker and in this process).
-LAUNCHER = textwrap.dedent("""
-    import sys
-    from dataclasses import replace
-
-    import anzoo.factory
-
-    _create_model = anzoo.factory.create_model
-
-
-    def create_model(*args, **kwargs):
-        model = _create_model(*args, **kwargs)
-        cfg = model.rpn.test_cfg
-        model.rpn.test_cfg = replace(cfg, nms_pre=40, nms_post=10, max_num=10)
-        return model
-
-
-    anzoo.factory.create_model = create_model
-    if __name__ == "__main__":
-        from anzoo.cli import main
-
-        main(sys.argv[1:])
-""")
+from helpers.few_proposals import LAUNCHER, keep_few_proposals, launcher_env
 
 
 def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,8 +29,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
         return ["eval", "r50-bn", "--coco", str(root), "--weights", str(checkpoint), "--out", str(out),
                 "--scale", "128", "96", "--workers", "0", "--device", "cpu", "--json"]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
-    env.pop("WORLD_SIZE", None)
+    env = launcher_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
          *args(tmp_path / "two")],
@@ -70,16 +42,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "two" / "partial").exists()
 
     # the same command in one process (this one), with the launcher's patch
-    import anzoo.factory
-
-    real = anzoo.factory.create_model
-
-    def create_model(*a, **k):
-        model = real(*a, **k)
-        model.rpn.test_cfg = replace(model.rpn.test_cfg, nms_pre=40, nms_post=10, max_num=10)
-        return model
-
-    monkeypatch.setattr(anzoo.factory, "create_model", create_model)
+    keep_few_proposals(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
