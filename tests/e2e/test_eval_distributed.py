@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from anzoo.cli import app
 from anzoo.data.synthetic import make_synthetic_coco
 from anzoo.factory import save_model
 from anzoo.testing import confident_model
-from helpers.few_proposals import LAUNCHER, keep_few_proposals, launcher_env
+from helpers.few_proposals import run_here, run_under_torchrun
 
 
 def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,18 +18,12 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
     make_synthetic_coco(root, num_images=5, with_crowd=True, with_empty_image=True, seed=5)
     torch.manual_seed(0)
     checkpoint = save_model(confident_model("r50-bn", proposals=10, classes=(0, 2)), tmp_path / "model.pth")
-    launcher = tmp_path / "launch_anzoo.py"
-    launcher.write_text(LAUNCHER)
 
     def args(out: Path) -> list[str]:
         return ["eval", "r50-bn", "--coco", str(root), "--weights", str(checkpoint), "--out", str(out),
                 "--scale", "128", "96", "--workers", "0", "--device", "cpu", "--json"]
 
-    env = launcher_env(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
-         *args(tmp_path / "two")],
-        capture_output=True, text=True, timeout=300, env=env, check=False)
+    proc = run_under_torchrun(tmp_path, args(tmp_path / "two"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2 and two["num_images"] == 5 and two["images_this_run"] == 5
@@ -41,14 +31,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
     assert json.loads(proc.stdout)["num_images"] == 5
     assert not (tmp_path / "two" / "partial").exists()
 
-    # the same command in one process (this one), with the launcher's patch
-    keep_few_proposals(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(app, args(tmp_path / "one"))
-    finally:
-        torch.set_num_threads(threads)
+    result = run_here(monkeypatch, args(tmp_path / "one"))  # the same command in this one process
     assert result.exit_code == 0, result.output
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert one["world_size"] == 1

@@ -2,20 +2,16 @@
 outputs, over nested folders with files of the same name and a video."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from anzoo.cli import app
 from anzoo.factory import save_model
 from anzoo.testing import confident_model
-from helpers.few_proposals import LAUNCHER, keep_few_proposals, launcher_env
+from helpers.few_proposals import run_here, run_under_torchrun
 from helpers.videos import write_video
 
 #: what both runs must write alike
@@ -33,28 +29,18 @@ def test_two_processes_write_the_outputs_of_one(tmp_path: Path, monkeypatch: pyt
     (root / "b" / "broken.png").write_bytes(b"not a png")
     torch.manual_seed(0)
     checkpoint = save_model(confident_model("r50-bn", proposals=10, classes=(0, 2)), tmp_path / "model.pth")
-    (tmp_path / "launch_anzoo.py").write_text(LAUNCHER)
 
     def args(out: Path) -> list[str]:
         return ["predict", str(root), "-r", "--model", "r50-bn", "--weights", str(checkpoint), "--out", str(out),
                 "--scale", "128", "96", "--workers", "0", "--device", "cpu", "--format", "jsonl",
                 "--score-thr", "0.05"]
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(tmp_path / "launch_anzoo.py"), *args(tmp_path / "two")],
-        capture_output=True, text=True, timeout=300, env=launcher_env(tmp_path), check=False)
+    proc = run_under_torchrun(tmp_path, args(tmp_path / "two"))
     assert proc.returncode != 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # broken.png failed on each
     assert "2 process(es)" in proc.stdout and proc.stdout.count("image(s) in") == 1  # rank 0 speaks
     assert not (tmp_path / "two" / "partial").exists()
 
-    keep_few_proposals(monkeypatch)  # the same command in this one process
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(app, args(tmp_path / "one"))
-    finally:
-        torch.set_num_threads(threads)
+    result = run_here(monkeypatch, args(tmp_path / "one"))  # the same command in this one process
     assert result.exit_code == 1, result.output
     lines = (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 8 and '"file":"b/c/x.png"' in lines[1]

@@ -1,10 +1,15 @@
-"""Released configs keep 1000 RPN proposals, too slow for a test on a CPU: these make
-``create_model`` keep 10, in this process (:func:`keep_few_proposals`) or in the processes a
-test starts through :data:`LAUNCHER` (a script: ``python launch_anzoo.py <anzoo args>``, also
-under torchrun)."""
+"""Commands under torchrun against the same command in one process (the tests that
+distributed runs equal one process's).
+
+Released configs keep 1000 RPN proposals, too slow for a test on a CPU: these make
+``create_model`` keep 10, in this process (:func:`keep_few_proposals`, :func:`run_here`) or in
+the processes a test starts through :data:`LAUNCHER` (a script: ``python launch_anzoo.py
+<anzoo args>``, also under torchrun: :func:`run_under_torchrun`)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -58,3 +63,30 @@ def launcher_env(launcher_dir: Path) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
     env.pop("WORLD_SIZE", None)
     return env
+
+
+def run_under_torchrun(launcher_dir: Path, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``anzoo <args>`` in ``nproc`` processes under torchrun, through :data:`LAUNCHER`
+    (written to ``launcher_dir``); their output captured."""
+    launcher = launcher_dir / "launch_anzoo.py"
+    launcher.write_text(LAUNCHER)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(launcher),
+         *args], capture_output=True, text=True, timeout=300, env=launcher_env(launcher_dir), check=False)
+
+
+def run_here(monkeypatch: Any, args: list[str]) -> Any:
+    """The same command in this process on one thread (as each torchrun process has), with
+    the launcher's few proposals; the CliRunner result."""
+    import torch
+    from typer.testing import CliRunner
+
+    from anzoo.cli import app
+
+    keep_few_proposals(monkeypatch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return CliRunner().invoke(app, args)
+    finally:
+        torch.set_num_threads(threads)
