@@ -67,12 +67,13 @@ def line_fields(fmt: str, source: Source, size: tuple[int, int], records: list[d
     return fields
 
 
-def write_final(fmt: str, parts: PartFiles, out_dir: Path, categories: Sequence[Mapping[str, Any]]) -> list[Path]:
-    """The final files of ``jsonl`` and ``coco`` from the part files, in input order; the files
-    written (none for ``files``)."""
+def write_final(fmt: str, parts: PartFiles, index: Mapping[int, Any], categories: Sequence[Mapping[str, Any]],
+                ) -> list[Path]:
+    """The final files of ``jsonl`` and ``coco`` in ``parts.out_dir`` from the part files
+    (``index``: theirs), in input order; the files written (none for ``files``)."""
     if fmt == "files":
         return []
-    index = parts.index()
+    out_dir = parts.out_dir
     lines = parts.read(sorted(index), index)
     if fmt == "jsonl":
         path = out_dir / JSONL_FILE

@@ -242,8 +242,9 @@ class _BulkRun:
 
     def _finish(self, images_this_run: int, seconds: float, failed_ids: list[int]) -> BulkResult:
         """Rank 0: the final files from the part files, failed.txt; the part files go."""
-        outputs = write_final(self.fmt, self.parts, self.parts.out_dir, self._categories())
-        images = len(self.parts.index())
+        index = self.parts.index()
+        outputs = write_final(self.fmt, self.parts, index, self._categories())
+        images = len(index)
         failures = self.input_failures + [(self.sources[i].path, message) for i, message in failed_ids]
         failed_file = write_failed(self.parts.out_dir, failures)
         if failed_file is not None:

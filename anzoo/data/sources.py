@@ -17,8 +17,8 @@ share (``a/x.jpg`` and ``b/x.jpg`` stay apart), which names its outputs. Argumen
 :class:`SourceWindows` is the Dataset DataLoader workers read them with: item ``w`` is a
 window of consecutive sources, decoded (with the pixel limit of :func:`load_image`, checked
 from the header before decoding; for videos from the stream's frame size) and preprocessed.
-A source that cannot be read comes back with its error, not as an exception: the other
-images go on. A worker reads a video's frames forward from where it stopped (grabbing the
+A source that cannot be read (whatever the error) comes back with its error, not as an
+exception: the other images go on. A worker reads a video's frames forward from where it stopped (grabbing the
 frames in between), never by seeking, which is exact on every codec.
 """
 from __future__ import annotations
@@ -161,13 +161,15 @@ def _open_video(path: str) -> Any:
 
 
 def video_frame_count(path: str) -> int:
-    """Frames in a video: from its header, or counted when the header does not say."""
+    """Frames in a video: from its header, or counted (by grabbing them) when the header does
+    not say or says more frames than the file has bytes: a 100 kB file claiming a billion
+    frames would otherwise make a billion sources."""
     import cv2
 
     cap = _open_video(path)
     try:
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if count <= 0:
+        if count <= 0 or count > os.path.getsize(path):
             count = 0
             while cap.grab():
                 count += 1
@@ -255,6 +257,8 @@ class SourceWindows(Dataset):
             tensor, meta = preprocess_image(image, self.scale)
         except AnzooError as exc:
             return LoadedSource(index, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one odd file must not end a run over millions
+            return LoadedSource(index, error=f"{source.path}: cannot be read ({type(exc).__name__}: {exc})")
         return LoadedSource(index, tensor, meta, image if self.keep_images else None)
 
     def close(self) -> None:

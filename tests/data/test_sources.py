@@ -82,3 +82,41 @@ def test_unreadable_images_come_back_as_errors(tmp_path: Path) -> None:
     sources, _ = expand_inputs([str(tmp_path / "empty.jpg")])
     [item] = SourceWindows(sources, [[0]])[0]
     assert item.tensor is None and "empty.jpg" in item.error
+
+
+def test_a_header_claiming_more_frames_than_bytes_is_not_believed(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst small video: a header announcing 10**12 frames; the frames are counted instead."""
+    import anzoo.data.sources as sources_module
+
+    video = write_video(tmp_path / "v.avi", frames=4)
+
+    class Claiming:
+        def __init__(self) -> None:
+            self.grabs = 0
+
+        def get(self, prop: int) -> float:
+            return 1e12
+
+        def grab(self) -> bool:
+            self.grabs += 1
+            return self.grabs <= 4
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(sources_module, "_open_video", lambda path: Claiming())
+    assert len(expand_inputs([str(video)])[0]) == 4
+
+
+def test_any_error_reading_a_file_is_that_file_s_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anzoo.data.sources as sources_module
+
+    (tmp_path / "a.png").write_bytes(b"x")
+
+    def explode(*args, **kwargs):
+        raise MemoryError("decoder ran out")
+
+    monkeypatch.setattr(sources_module, "load_image", explode)
+    [item] = SourceWindows(expand_inputs([str(tmp_path / "a.png")])[0], [[0]])[0]
+    assert item.error.endswith("a.png: cannot be read (MemoryError: decoder ran out)")
