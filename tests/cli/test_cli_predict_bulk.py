@@ -150,3 +150,19 @@ def test_shards_cover_every_image_once() -> None:
     assert [shard_windows(todo, 16, r, 2) for r in (0, 1)] == [[[0, 2, 3, 5, 6]], [[7, 8, 9, 11]]]
     assert [shard_windows([4, 5], 16, r, 3) for r in (0, 1, 2)] == [[[4]], [[5]], []]
     assert shard_windows(todo, 16, 0, 1) == [todo]
+
+
+def test_many_small_windows_read_by_workers_equal_one_window(inputs: Path, tmp_path: Path, model) -> None:
+    """The library under the command: windows of 2 images read by 2 DataLoader workers (a video
+    split across them) write what one window read here writes."""
+    from anzoo.bulk import predict_bulk
+    from anzoo.data.sources import expand_inputs
+
+    sources, failures = expand_inputs([str(inputs)], recursive=True, every=2)
+    predictor = Predictor(model, scale=(128, 96), batch_size=2)
+    for name, window, workers in (("one", 16, 0), ("many", 2, 2)):
+        result = predict_bulk(predictor, sources, tmp_path / name, fmt="coco", render=False, score_thr=0.05,
+                              workers=workers, window=window, progress=False)
+        assert result.images == result.images_this_run == 7 and len(result.failed) == 1
+    for name in ("results.json", "images.json", "failed.txt"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()
