@@ -28,6 +28,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,10 @@ def predict_bulk(predictor: Predictor, sources: Sequence[Source], out_dir: str |
                    ctx=ctx or DistContext(device=predictor.device), input_failures=list(input_failures),
                    extra=dict(fingerprint or {}), window=window or max(16, 4 * predictor.batch_size),
                    post_threads=post_threads, progress=progress, on_image=on_image)
-    if run.ctx.is_main:
-        with run.parts.locked():
-            return run.run()
-    return run.run()
+    try:
+        return run.run()
+    finally:
+        run.held.close()
 
 
 def shard_windows(todo: Sequence[int], window: int, rank: int, world_size: int) -> list[list[int]]:
@@ -134,9 +135,12 @@ class _BulkRun:
     post_threads: int | None
     progress: bool
     on_image: Callable[[ImageDone], None] | None
+    held: ExitStack = field(default_factory=ExitStack)  # the folder's lock, on rank 0
 
     def run(self) -> BulkResult:
         def plan() -> tuple[list[int], str]:
+            # taken here, on rank 0 only, so that every rank hears when another run holds it
+            self.held.enter_context(self.parts.locked())
             done = self.parts.prepare(self._fingerprint(), self.resume)
             return sorted(done), secrets.token_hex(4)
 

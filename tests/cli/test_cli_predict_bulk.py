@@ -166,3 +166,13 @@ def test_many_small_windows_read_by_workers_equal_one_window(inputs: Path, tmp_p
         assert result.images == result.images_this_run == 7 and len(result.failed) == 1
     for name in ("results.json", "images.json", "failed.txt"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()
+
+
+def test_one_run_at_a_time_writes_to_a_folder(inputs: Path, tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    (tmp_path / "out").mkdir()
+    with FileLock(str(tmp_path / "out" / ".anzoo-predict.lock")):
+        result = _predict(str(inputs), "--workers", "0", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "another prediction is writing to" in result.stderr
+    assert not list((tmp_path / "out").glob("*.json"))
