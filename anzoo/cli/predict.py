@@ -37,7 +37,7 @@ def _sources(inputs: list[str], recursive: bool, every: int, demo: str | None, o
     """The sources to predict and the inputs that name nothing readable (``(input, message)``)."""
     from ..data.sources import expand_inputs
 
-    sources, failures = expand_inputs(inputs, recursive=recursive, every=every)
+    sources, failures = expand_inputs(inputs, recursive=recursive, every=every, exclude=out)
     if demo is not None:
         from ..data.demo import save_demo_image
 

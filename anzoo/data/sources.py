@@ -55,18 +55,22 @@ class Source(NamedTuple):
     frame: int | None = None
 
 
-def expand_inputs(args: Iterable[str], *, recursive: bool = False,
-                  every: int = 1) -> tuple[list[Source], list[tuple[str, str]]]:
+def expand_inputs(args: Iterable[str], *, recursive: bool = False, every: int = 1,
+                  exclude: str | os.PathLike[str] | None = None) -> tuple[list[Source], list[tuple[str, str]]]:
     """The sources named by ``args`` (see the module docstring), in argument order, each file
-    once, and the arguments that name nothing readable, with why (``(argument, message)``)."""
+    once, and the arguments that name nothing readable, with why (``(argument, message)``).
+    ``exclude``: a folder whose files are left out of folders and globs (the output folder: a
+    rerun must not read the pictures the last run drew); a file named on its own is kept."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     failures: list[tuple[str, str]] = []
+    skip = None if exclude is None else os.path.join(os.path.abspath(exclude), "")
     found: dict[str, str] = {}  # absolute file path -> the folder its key is relative to
     for arg in _arguments(args, failures):
         try:
             for path, root in _expand(arg, recursive):
-                found.setdefault(path, root)
+                if skip is None or not path.startswith(skip) or os.path.isfile(arg):  # named: kept
+                    found.setdefault(path, root)
         except ImageError as exc:
             failures.append((arg, str(exc)))
     if not found:

@@ -120,3 +120,13 @@ def test_any_error_reading_a_file_is_that_file_s_failure(tmp_path: Path, monkeyp
     monkeypatch.setattr(sources_module, "load_image", explode)
     [item] = SourceWindows(expand_inputs([str(tmp_path / "a.png")])[0], [[0]])[0]
     assert item.error.endswith("a.png: cannot be read (MemoryError: decoder ran out)")
+
+
+def test_the_output_folder_is_left_out_of_folders_and_globs(tmp_path: Path) -> None:
+    for name in ["a.jpg", "out/a.png", "out/sub/b.png", "outside.png"]:
+        _touch(tmp_path / name)
+    out = tmp_path / "out"
+    keys = [s.key for s in expand_inputs([str(tmp_path)], recursive=True, exclude=out)[0]]
+    assert keys == ["a.jpg", "outside.png"]
+    keys = [s.key for s in expand_inputs([str(tmp_path / "**" / "*.png"), str(out / "a.png")], exclude=out)[0]]
+    assert keys == ["outside.png", "out/a.png"]  # a file named on its own is kept
