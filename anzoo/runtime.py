@@ -13,7 +13,7 @@ import torch
 
 from .errors import AnzooError
 
-__all__ = ["PRECISIONS", "autocast", "check_precision", "precision_from_fp16", "resolve_device"]
+__all__ = ["PRECISIONS", "autocast", "check_precision", "device_kind", "precision_from_fp16", "resolve_device"]
 
 #: the inference precisions: float32; bfloat16 or float16 autocast (convolutions and matrix
 #: products in 16 bits, the normalisation statistics and the box decoding stay float32)
@@ -56,3 +56,9 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     if precision == "fp32":
         return torch.autocast(device_type=device.type, enabled=False)
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def device_kind(device: torch.device) -> str:
+    """'cpu', or 'cuda (GPU model)' (not its index: ranks and resumed runs may use another one):
+    what results depend on, since other kernels give slightly other numbers."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type

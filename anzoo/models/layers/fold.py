@@ -19,7 +19,7 @@ from torch import nn
 
 from .attentive_norm import AttentiveBatchNorm2d, _apply_mixture, stat_dtype
 
-__all__ = ["FoldedNorm", "FoldedAttentiveBatchNorm2d", "fold_batch_norms"]
+__all__ = ["FoldedNorm", "FoldedAttentiveBatchNorm2d", "count_foldable", "fold_batch_norms"]
 
 
 def _refuse_training(mode: bool) -> None:
@@ -85,10 +85,18 @@ def _fold_into(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> Non
     conv.bias = nn.Parameter(new_bias, requires_grad=False)
 
 
+def _foldable(conv: nn.Module | None, norm: nn.Module | None) -> bool:
+    """A convolution followed by a BatchNorm (or AN's BatchNorm form): statistics fixed in eval mode."""
+    if not isinstance(conv, nn.Conv2d):
+        return False
+    return type(norm) is nn.BatchNorm2d or (isinstance(norm, AttentiveBatchNorm2d) and type(norm.norm) is nn.BatchNorm2d
+                                            and not norm.norm.affine)
+
+
 def fold_pair(conv: nn.Module, norm: nn.Module) -> nn.Module | None:
     """Fold ``norm`` into ``conv`` (changed in place); the module to put where ``norm`` was, or
     None when ``norm`` is not foldable (not a BatchNorm, or statistics of each image)."""
-    if not isinstance(conv, nn.Conv2d):
+    if not _foldable(conv, norm):
         return None
     if type(norm) is nn.BatchNorm2d:
         mean, std = _statistics(norm)
@@ -96,11 +104,10 @@ def fold_pair(conv: nn.Module, norm: nn.Module) -> nn.Module | None:
         beta = norm.bias.detach().double() if norm.affine else torch.zeros_like(mean)
         _fold_into(conv, gamma / std, beta - mean * gamma / std)
         return FoldedNorm()
-    if isinstance(norm, AttentiveBatchNorm2d) and type(norm.norm) is nn.BatchNorm2d and not norm.norm.affine:
-        mean, std = _statistics(norm.norm)
-        _fold_into(conv, 1.0 / std, -mean / std)
-        return FoldedAttentiveBatchNorm2d(norm, mean.float(), std.float())
-    return None
+    assert isinstance(norm, AttentiveBatchNorm2d) and isinstance(conv, nn.Conv2d)
+    mean, std = _statistics(norm.norm)
+    _fold_into(conv, 1.0 / std, -mean / std)
+    return FoldedAttentiveBatchNorm2d(norm, mean.float(), std.float())
 
 
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
@@ -111,20 +118,29 @@ def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def _conv_norm_pairs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Module]]:
+    """(parent, norm's attribute name, conv, norm) of every foldable pair."""
+    out = []
+    for module in list(model.modules()):
+        for conv_name, norm_name in _pairs(module):
+            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+            if _foldable(conv, norm):
+                out.append((module, norm_name, conv, norm))
+    return out
+
+
+def count_foldable(model: nn.Module) -> int:
+    """How many norms :func:`fold_batch_norms` would fold (nothing is changed)."""
+    return len(_conv_norm_pairs(model))
+
+
 @torch.no_grad()
 def fold_batch_norms(model: nn.Module) -> int:
     """Fold every foldable norm of ``model`` (in eval mode) into the convolution before it,
     in place; returns how many were folded. The model is for inference from then on."""
     if model.training:
         raise ValueError("fold_batch_norms folds eval-mode models only (call .eval() first)")
-    folded = 0
-    for module in list(model.modules()):
-        for conv_name, norm_name in _pairs(module):
-            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
-            if conv is None or norm is None:
-                continue
-            replacement = fold_pair(conv, norm)
-            if replacement is not None:
-                setattr(module, norm_name, replacement)  # Sequential children are attributes too
-                folded += 1
-    return folded
+    pairs = _conv_norm_pairs(model)
+    for module, norm_name, conv, norm in pairs:
+        setattr(module, norm_name, fold_pair(conv, norm))  # Sequential children are attributes too
+    return len(pairs)
