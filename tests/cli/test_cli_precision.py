@@ -5,13 +5,16 @@ by recorders: what runs is checked in tests/e2e/test_cli_options.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+import typer
 from typer.testing import CliRunner
 
+import anzoo.bulk
 import anzoo.cli.evaluate
 import anzoo.evaluation
 import anzoo.inference
@@ -21,6 +24,11 @@ from anzoo.cli import app
 from anzoo.cli import base as cli_base
 
 runner = CliRunner()
+
+
+def typer_exit(code: int) -> None:
+    """`anzoo predict` stops where it would start predicting."""
+    raise typer.Exit(code)
 
 
 class Recorder:
@@ -33,8 +41,9 @@ class Recorder:
         self.kwargs.append(kwargs)
         return self
 
-    # the little of a Predictor that `anzoo predict` uses
+    # the little of a Predictor that `anzoo predict` uses, and of the app that `anzoo serve` reads
     device = "cpu"
+    state = SimpleNamespace(service=SimpleNamespace(replicas=[]))
 
     def predict_files(self, *args: Any, **kwargs: Any) -> list:
         return []
@@ -46,6 +55,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     loaded: list[str] = []
     monkeypatch.setattr(cli_base, "load_model", lambda model_id, *a: loaded.append(model_id) or object())
     monkeypatch.setattr(anzoo.inference, "Predictor", rec)
+    monkeypatch.setattr(anzoo.bulk, "predict_bulk", lambda *a, **kw: typer_exit(0))
     monkeypatch.setattr(anzoo.server.app, "create_app", rec)
     monkeypatch.setattr(anzoo.server.runner, "check_listen_address", lambda host, port: None)
     monkeypatch.setattr(anzoo.evaluation, "evaluate_zoo_model", lambda *a, **kw: rec(**kw))
