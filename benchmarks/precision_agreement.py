@@ -15,6 +15,7 @@ detector's detections move with the scale at worst, not the AP a trained model l
 
     python benchmarks/precision_agreement.py                        # r50-bn, fp32/bf16, 3 scales
     python benchmarks/precision_agreement.py --models r50-an --photos astronaut --scales 1333 800
+    python benchmarks/precision_agreement.py --reference 800 480 --scales 800 480   # bf16 alone, cheaper
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 
 SCALES = ((1333, 800), (1000, 600), (800, 480))
-REFERENCE = ((1333, 800), "fp32")
 IOU_MIN = 0.9
 
 
@@ -88,7 +88,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["r50-bn"])
     parser.add_argument("--photos", nargs="+", default=["astronaut", "coffee", "chelsea", "rocket"])
     parser.add_argument("--scales", type=int, nargs="+", default=[v for s in SCALES for v in s],
-                        help="LONG SHORT pairs (1333 800 is always run: the reference)")
+                        help="LONG SHORT pairs")
+    parser.add_argument("--reference", type=int, nargs=2, default=SCALES[0], metavar=("LONG", "SHORT"),
+                        help="the scale of the float32 reference detections")
     parser.add_argument("--precisions", nargs="+", default=None, choices=("fp32", "bf16", "fp16"),
                         help="default: fp32 and bf16 (and fp16 on CUDA)")
     parser.add_argument("--proposals", type=int, default=1000)
@@ -98,14 +100,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     precisions = args.precisions or (["fp32", "bf16"] + (["fp16"] if args.device.startswith("cuda") else []))
     scales = [tuple(args.scales[i:i + 2]) for i in range(0, len(args.scales), 2)]
-    settings = [REFERENCE] + [(s, p) for s in scales for p in precisions if (s, p) != REFERENCE]
+    reference = (tuple(args.reference), "fp32")
+    settings = [reference] + [(s, p) for s in scales for p in precisions if (s, p) != reference]
 
     from anzoo.data.demo import demo_image
     from anzoo.testing import confident_model
 
     photos = {name: demo_image(name) for name in args.photos}
     print(f"device {args.device}, threads {args.threads}, photos {', '.join(photos)}, {args.proposals} proposals; "
-          f"reference: fp32 at 1333x800; match: same class, box and mask IoU >= {IOU_MIN}")
+          f"reference: fp32 at {reference[0][0]}x{reference[0][1]}; match: same class, box and mask IoU >= {IOU_MIN}")
     print(f"{'model':12s} {'scale':>9s} {'prec':>4s} {'s/image':>8s} {'dets/img':>8s} {'matched':>8s} "
           f"{'box AP':>7s} {'mask AP':>7s}")
     for model_id in args.models:
@@ -114,7 +117,7 @@ def main() -> None:
         ref: list[Any] = []
         for scale, precision in settings:
             dets, seconds = detect(model, photos, scale, precision, args.device)
-            if (scale, precision) == REFERENCE:
+            if (scale, precision) == reference:
                 ref = dets
             found = [matched_share(r, d) for r, d in zip(ref, dets)]
             share = sum(f for f, _ in found) / max(1, sum(n for _, n in found))
