@@ -147,7 +147,7 @@ class _Item:
         return f"{self.kind} {self.id}"
 
     def command(self, verb: str, *extra: str) -> str:
-        flag = " --backbone" if self.kind == "backbone" else ""
+        flag = " --imagenet" if self.kind == "backbone" else ""
         return " ".join(["anzoo", verb + flag, self.id, *extra])
 
     def manual_url(self, url: str | None = None) -> str | None:
@@ -267,6 +267,10 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 # --------------------------------------------------------------------------- the work
 def _fetch(item: _Item, *, force: bool, url: str | None, progress: bool) -> Path:
     if item.weights is None and url is None:
+        imported = None if force else _state(item).checkpoint
+        if imported is not None:  # a row without released weights, given its checkpoint by `import`
+            _verify(item, imported)
+            return imported
         why = f" ({item.notes})" if item.notes else ""
         raise DownloadError(f"{item.label} has no released weights{why}; give a URL with `url`, "
                             f"or register your own checkpoint with `{item.command('import', 'FILE')}`")
@@ -373,9 +377,12 @@ def _finish(item: _Item, staging: Path, raw: Path, digest: str, *, origin: str,
         checkpoint_digest = digest
     from .checkpoint import read_checkpoint  # torch is only needed once a file is in hand
 
-    read_checkpoint(checkpoint)  # CheckpointError if it does not load (weights_only=True)
-    if validate is not None:
-        validate(item.id, checkpoint)
+    try:
+        read_checkpoint(checkpoint)  # CheckpointError if it does not load (weights_only=True)
+        if validate is not None:
+            validate(item.id, checkpoint)
+    except CheckpointError as exc:  # named as the person knows it, not as staged in the cache
+        raise CheckpointError(str(exc).replace(str(checkpoint), origin)) from None
     _write_sidecar(checkpoint, checkpoint_digest)
     return _publish(item, staging, checkpoint)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,21 +13,16 @@ from rich.table import Table
 from ..data.defaults import TEST_SCALE
 from ..errors import AnzooError
 from .base import (
-    SCALE_MAX,
-    SCALE_MIN,
+    DeviceOpt,
     JsonOpt,
+    TestScaleOpt,
+    check_weights_given,
     long_short,
     command,
     console,
     print_error,
     print_json,
 )
-
-
-class EvalDevice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def _check_eval_options(model_id: str | None, all_: bool, weights: Path | None) -> None:
@@ -40,14 +34,12 @@ def _check_eval_options(model_id: str | None, all_: bool, weights: Path | None) 
     if all_ and weights is not None:
         raise typer.BadParameter("--weights needs a single model id, not --all")
     if model_id:
-        from ..zoo import get_entry
-
-        get_entry(model_id)  # an unknown id fails before anything is read
+        check_weights_given(model_id, weights)  # an unknown id fails before anything is read
 
 
-def _check_gpus(gpus: int, device: EvalDevice) -> None:
+def _check_gpus(gpus: int, device: str) -> None:
     """--gpus N on CUDA needs N GPUs here."""
-    if device != EvalDevice.cpu:
+    if device != "cpu":
         import torch
 
         available = torch.cuda.device_count()
@@ -65,8 +57,8 @@ def _eval_argv(model_id: str | None, options: dict[str, Any]) -> list[str]:
             continue
         if value is True:
             argv.append(flag)
-        elif isinstance(value, tuple):
-            argv += [flag, *(str(v) for v in value)]
+        elif isinstance(value, tuple):  # a Scale
+            argv += [flag, "x".join(str(v) for v in value)]
         else:
             argv += [flag, str(value)]
     return argv
@@ -123,11 +115,9 @@ def eval_(
                                           "change; default: 1 on CPU, 4 on CUDA).", show_default=False)] = None,
     workers: Annotated[int, typer.Option(
         "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images.")] = 4,
-    device: Annotated[EvalDevice, typer.Option("--device", help="Where the model runs.")] = EvalDevice.auto,
+    device: DeviceOpt = "auto",
     fp16: Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA.")] = False,
-    scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", min=SCALE_MIN, max=SCALE_MAX,
-        help="Test scale LONG SHORT: longest and shortest side limits.")] = TEST_SCALE,
+    scale: TestScaleOpt = TEST_SCALE,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its partial results in --out.")] = False,
     all_: Annotated[bool, typer.Option(
@@ -144,7 +134,7 @@ def eval_(
     _check_eval_options(model_id, all_, weights)
     files = resolve_coco_files(coco, ann, images)
     options: dict[str, Any] = {"limit": limit, "batch_size": batch_size, "workers": workers,
-                               "device": device.value, "fp16": fp16, "scale": long_short(scale),
+                               "device": device, "fp16": fp16, "scale": long_short(scale),
                                "resume": resume}
     if gpus > 1 and not launched_by_torchrun():
         _check_gpus(gpus, device)

@@ -38,8 +38,10 @@ def _image_paths(images: list[Path], demo: str | None, out: Path) -> tuple[list[
             failures.append((arg, str(exc)))
     if demo is not None:
         from ..data.demo import save_demo_image
+        from ..hub import cache_dir
 
-        paths.append(save_demo_image(demo, out / "inputs" / f"{demo}.png"))
+        # into the cache, not under --out: a run that fails leaves nothing in the output folder
+        paths.append(save_demo_image(demo, cache_dir() / "demo" / f"{demo}.png"))
     if not paths and not failures:
         raise AnzooError("no images given: pass image files or folders (or --demo astronaut)")
     return paths, failures

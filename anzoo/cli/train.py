@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.defaults import TRAIN_SCALE
-from .base import SCALE_MAX, TRAIN_SCALE_MIN, DeviceOpt, ModelIdArg, command, console
+from .base import TRAIN_SCALE_MIN, DeviceOpt, ModelIdArg, Scale, command, console, scale_option
 
 
 # The options, one per line in the command below.
@@ -28,9 +28,7 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -
 MaxItersOpt = Annotated[Optional[int], typer.Option(
         "--max-iters", min=1, help="Stop after this many iterations in all (a checkpoint is written).",
         show_default=False)]
-ImgScaleOpt = Annotated[tuple[int, int], typer.Option(
-        "--img-scale", min=TRAIN_SCALE_MIN, max=SCALE_MAX,
-        help="Training resize: longest and shortest side limits.")]
+ImgScaleOpt = Annotated[Scale, scale_option("--img-scale", "Training resize", TRAIN_SCALE, TRAIN_SCALE_MIN)]
 EvalEveryOpt = Annotated[int, typer.Option(
         "--eval-every", min=0, help="Evaluate on the val2017 pair every K epochs (0: never).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and sampling.")]

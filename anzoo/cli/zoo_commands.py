@@ -13,8 +13,8 @@ from ..log import stderr_console
 from ..schema import BackboneEntry, Detector, ZooEntry
 from .base import (
     BackboneChoice,
-    BackboneFlagOpt,
     ForceOpt,
+    ImagenetOpt,
     JsonOpt,
     ModelIdArg,
     format_number,
@@ -122,11 +122,11 @@ def _info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @command("info")
-def info(model_id: ModelIdArg, backbone: BackboneFlagOpt = False, as_json: JsonOpt = False) -> None:
+def info(model_id: ModelIdArg, imagenet: ImagenetOpt = False, as_json: JsonOpt = False) -> None:
     """Show everything about one model: its numbers, sources, papers and cache state."""
     from .. import zoo
 
-    data = _entry_json(zoo.get_backbone_entry(model_id) if backbone else zoo.get_entry(model_id))
+    data = _entry_json(zoo.get_backbone_entry(model_id) if imagenet else zoo.get_entry(model_id))
     if as_json:
         print_json(data)
         return
@@ -147,7 +147,7 @@ def download(
     force: ForceOpt = False,
     url: Annotated[str | None, typer.Option(
         "--url", help="Fetch from this http(s) URL instead of the zoo's sources (one id only).")] = None,
-    backbone: BackboneFlagOpt = False,
+    imagenet: ImagenetOpt = False,
 ) -> None:
     """Fetch weights into the cache ($ANZOO_HOME, default ~/.cache/anzoo)."""
     from .. import hub, zoo
@@ -158,7 +158,7 @@ def download(
     if url and (all_ or len(ids) != 1):
         raise typer.BadParameter("--url needs exactly one model id")
     if all_:
-        entries = zoo.list_backbone_entries() if backbone else zoo.list_entries()
+        entries = zoo.list_backbone_entries() if imagenet else zoo.list_entries()
         skipped = [e.id for e in entries if not e.has_weights]
         if skipped:
             stderr_console().print(f"skipping (no released weights): {', '.join(skipped)}",
@@ -166,7 +166,7 @@ def download(
         ids = [e.id for e in entries if e.has_weights]
     if not ids:
         raise typer.BadParameter("give at least one model id, or --all")
-    fetch = hub.fetch_backbone_weights if backbone else hub.fetch_weights
+    fetch = hub.fetch_backbone_weights if imagenet else hub.fetch_weights
     exit_code = 0
     for ident in ids:
         try:
@@ -185,13 +185,13 @@ def import_(
     model_id: ModelIdArg,
     file: Annotated[Path, typer.Argument(help="Checkpoint file (or zip archive) obtained by hand.",
                                          show_default=False)],
-    backbone: BackboneFlagOpt = False,
+    imagenet: ImagenetOpt = False,
 ) -> None:
     """Check a checkpoint downloaded by hand and put it into the cache."""
     from .. import hub
     from ..factory import check_backbone_checkpoint_fits, check_checkpoint_fits
 
-    if backbone:
+    if imagenet:
         path = hub.import_backbone_weights(model_id, file, validate=check_backbone_checkpoint_fits)
     else:
         path = hub.import_weights(model_id, file, validate=check_checkpoint_fits)

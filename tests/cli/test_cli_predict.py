@@ -58,7 +58,7 @@ def _photo(path, h=120, w=160, seed=0, mode="RGB"):
 
 
 def _run(*args):
-    return runner.invoke(cli.app, ["predict", *args, "--scale", str(SMALL_SCALE[0]), str(SMALL_SCALE[1])])
+    return runner.invoke(cli.app, ["predict", *args, "--scale", f"{SMALL_SCALE[0]}x{SMALL_SCALE[1]}"])
 
 
 def test_readme_main_job_demo_photo(tmp_path, fake_model):

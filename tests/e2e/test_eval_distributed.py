@@ -54,7 +54,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
 
     def args(out: Path) -> list[str]:
         return ["eval", "r50-bn", "--coco", str(root), "--weights", str(checkpoint), "--out", str(out),
-                "--scale", "128", "96", "--workers", "0", "--device", "cpu", "--json"]
+                "--scale", "128x96", "--workers", "0", "--device", "cpu", "--json"]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
     env.pop("WORLD_SIZE", None)

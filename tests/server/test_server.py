@@ -584,7 +584,7 @@ def test_cli_serve_builds_the_app_and_runs_uvicorn(model: torch.nn.Module, monke
     result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID, "--device", "cpu", "--max-batch", "4",
                                           "--max-wait-ms", "5", "--max-queue", "16", "--timeout", "9",
                                           "--max-body-mb", "1.5", "--max-pixels", "1000000",
-                                          "--cors-origin", "http://app.example", "--scale", "96", "128"])
+                                          "--cors-origin", "http://app.example", "--scale", "96x128"])
     assert result.exit_code == 0, result.output
     assert calls["loaded"] == [(MODEL_ID, None, "cpu")]
     assert (calls["host"], calls["port"]) == ("127.0.0.1", 8123)

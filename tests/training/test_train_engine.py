@@ -62,7 +62,7 @@ def cli_run(tmp_path_factory):
         mp.setenv("ANZOO_HOME", str(root / "home"))
         result = CliRunner().invoke(app, [
             "train", "r50-bn", "--coco", str(coco), "--work-dir", str(work), "--epochs", "6",
-            "--lr", "0.02", "--warmup-iters", "1", "--img-scale", *map(str, SCALE),
+            "--lr", "0.02", "--warmup-iters", "1", "--img-scale", "x".join(map(str, SCALE)),
             "--backbone-weights", str(weights), "--eval-every", "3", *FAST])
     yield {"result": result, "work": work, "coco": coco, "weights": weights}
     # six epoch checkpoints of an R-50 detector with optimizer state: ~2.4 GB
