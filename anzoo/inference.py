@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import load_image
+from .data.images import DEFAULT_MAX_PIXELS, load_image
 from .data.results import instances_to_records, records_from_parts
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
 from .errors import AnzooError
@@ -216,12 +216,13 @@ class Predictor:
 
     # ------------------------------------------------------------ image files
     def predict_files(self, paths: Sequence[Path], out_dir: Path, score_thr: float = 0.3,
-                      window: int = 16) -> Iterator[FileResult]:
+                      window: int = 16, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[FileResult]:
         """Predict image files and write ``<stem>.json`` (records) and ``<stem>.png`` (overlay)
         into ``out_dir`` for each; yields one :class:`FileResult` per file, in input order.
 
         A file that cannot be read yields a result with ``error`` set; the others still run.
-        Files are read ``window`` at a time so that same-shape images can share a batch.
+        Files are read ``window`` at a time so that same-shape images can share a batch; one of
+        more than ``max_pixels`` pixels is refused from its header, before it is decoded.
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         stems = _unique_stems(paths)
@@ -231,7 +232,7 @@ class Predictor:
             failed: dict[int, str] = {}
             for i in chunk:
                 try:
-                    image = load_image(paths[i])
+                    image = load_image(paths[i], max_pixels=max_pixels)
                     tensor, meta = preprocess_image(image, scale=self.scale)
                     loaded[i] = (image, tensor, meta)
                 except AnzooError as exc:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..data.defaults import TEST_SCALE
+from ..data.defaults import DEFAULT_MAX_PIXELS, TEST_SCALE
 from ..errors import AnzooError
 from ..zoo import DEFAULT_MODEL
 from . import base
@@ -69,6 +69,9 @@ def predict(
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
     scale: TestScaleOpt = TEST_SCALE,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, help="Largest image, in pixels (checked from its header, before decoding).")
+    ] = DEFAULT_MAX_PIXELS,
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
@@ -83,7 +86,7 @@ def predict(
         predictor = Predictor(base.load_model(model, weights, device), fp16=fp16, batch_size=batch_size,
                               scale=long_short(scale))
         log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(paths), out)
-        for result in predictor.predict_files(paths, out, score_thr=score_thr):
+        for result in predictor.predict_files(paths, out, score_thr=score_thr, max_pixels=max_pixels):
             if result.error is not None:
                 failures.append((result.path, result.error))
                 print_error(result.error)
