@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -264,21 +265,33 @@ def scale_option(flag: str, what: str, default: tuple[int, int], lo: int = SCALE
 TestScaleOpt = Annotated[Scale, scale_option("--scale", "Test scale", TEST_SCALE)]
 
 
-def check_weights_given(model_id: str, weights: Path | None) -> None:
+def default_workers(most: int) -> int:
+    """DataLoader workers when --workers is not given: ``most``, but no more than this process's
+    share of the CPUs it may run on (torch warns about more, and they only contend)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # set by torchrun
+    return max(1, min(most, cpus // processes))
+
+
+def check_weights_given(model_id: str, weights: Path | None) -> str:
     """A row without released weights (GN, SN) needs --weights, unless its checkpoint was
     imported: said before anything is loaded, in the options of the command at hand (the
-    library's message names `url`, which only `anzoo download` has)."""
+    library's message names `url`, which only `anzoo download` has). Returns the id as the zoo
+    spells it."""
     from ..hub import cache_state
     from ..zoo import get_entry
 
+    entry = get_entry(model_id)
     if weights is not None:
         if not weights.exists():
             raise AnzooError(f"weights file not found: {weights}")
-        return
-    entry = get_entry(model_id)
-    if not entry.has_weights and not cache_state(entry.id).cached:
+    elif not entry.has_weights and not cache_state(entry.id).cached:
         raise AnzooError(f"model {entry.id} has no released weights: give a checkpoint of your own "
                          f"with --weights FILE (or put it into the cache: `anzoo import {entry.id} FILE`)")
+    return entry.id
 
 
 def load_model(model_id: str, weights: Path | None, device: str) -> Any:

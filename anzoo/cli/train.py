@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.defaults import TRAIN_SCALE
-from .base import TRAIN_SCALE_MIN, DeviceOpt, ModelIdArg, Scale, command, console, scale_option
+from .base import (TRAIN_SCALE_MIN, DeviceOpt, ModelIdArg, Scale, command, console, default_workers,
+                   scale_option)
 
 
 # The options, one per line in the command below.
@@ -50,7 +51,9 @@ ValImagesOpt = Annotated[Optional[Path], typer.Option(
 FromOpt = Annotated[Optional[str], typer.Option(
         "--from", help="Fine-tune from a zoo model's released weights (its id) or a checkpoint file; "
                        "class-specific layers start afresh when the classes differ.", show_default=False)]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading processes per GPU.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+        "--workers", min=0, help="Data-loading processes per GPU (default: 2, at most the CPUs per process).",
+        show_default=False)]
 KeepCheckpointsOpt = Annotated[int, typer.Option(
         "--keep-checkpoints", min=0, help="Keep only the N newest epoch checkpoints (0: all).")]
 WarmupItersOpt = Annotated[int, typer.Option("--warmup-iters", min=0, help="Linear warm-up iterations.")]
@@ -91,7 +94,7 @@ def train_cmd(
     val_ann: ValAnnOpt = None,
     val_images: ValImagesOpt = None,
     from_: FromOpt = None,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = None,
     keep_checkpoints: KeepCheckpointsOpt = 0,
     warmup_iters: WarmupItersOpt = 500,
     rpn_proposals: RpnProposalsOpt = None,
@@ -115,12 +118,17 @@ def train_cmd(
         val_ann=val_ann, val_images=val_images, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
         resume=resume, max_iters=max_iters, img_scale=(max(img_scale), min(img_scale)), eval_every=eval_every,
         seed=seed, device=device, backbone_weights=backbone_weights,
-        pretrained_backbone=not no_pretrained_backbone, from_model=from_, num_workers=workers,
+        pretrained_backbone=not no_pretrained_backbone, from_model=from_,
+        num_workers=default_workers(2) if workers is None else workers,
         keep_checkpoints=keep_checkpoints,
         warmup_iters=warmup_iters, rpn_proposals=rpn_proposals, rcnn_samples=rcnn_samples,
         log_every=log_every, progress=progress, tensorboard=tensorboard, strict_data=strict_data)
     result = train(config)
-    if result.final_model is not None:
+    if result.already_finished:
+        console.print(f"{model_id}: already finished after {result.iterations} iterations ({result.epochs_completed}/"
+                      f"{result.total_epochs} epochs) in {work_dir}; nothing to do; model: {result.final_model}",
+                      highlight=False)
+    elif result.final_model is not None:
         state = "stopped early" if result.stopped_early else "done"
         console.print(f"{model_id}: {state} after {result.iterations} iterations "
                       f"({result.epochs_completed}/{result.total_epochs} epochs); model: {result.final_model}",

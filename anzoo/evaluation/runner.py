@@ -307,13 +307,13 @@ class _Evaluation:
         threads = self.post_threads or max(1, min(8, (os.cpu_count() or 2) // (2 * self.ctx.world_size)))
         max_in_flight = 2 * threads + 1
         writer = self.store.writer(run_token, self.ctx.rank)
-        start = time.perf_counter()
         done = 0
         mismatched: list[int] = []
         batches = iter(loader)  # DataLoader workers fork here, before any thread below exists
         pool = ThreadPoolExecutor(threads, thread_name_prefix="anzoo-eval-post")
         in_flight: collections.deque[Future[int]] = collections.deque()
         local = threading.local()
+        start = time.perf_counter()  # the progress bar's clock starts here too: the same rate
         try:
             with progress_bar(self._label(), total, unit="images", enabled=self.progress and self.ctx.is_main) as bar:
                 for batch in raise_worker_errors_plainly(batches):
