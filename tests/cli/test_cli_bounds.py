@@ -21,6 +21,7 @@ COMMANDS = typer.main.get_command(app).commands
 #: numeric options that may take any value, and why
 UNBOUNDED = {
     ("train", "seed"): "any integer seeds the random generators",
+    ("synth-coco", "seed"): "any integer seeds the drawing",
 }
 
 
