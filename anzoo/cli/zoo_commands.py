@@ -82,9 +82,10 @@ def list_models(
     if as_json:
         print_json([_entry_json(e) for e in entries])
         return
+    quoted = "; weights 'none': numbers quoted from the GN / SN papers, no weights released"
     table = Table(title="anzoo models (COCO val2017)", title_justify="left",
-                  caption=f"default model: {zoo.DEFAULT_MODEL}; weights 'none': numbers quoted from "
-                          "the GN / SN papers, no weights released",
+                  caption=f"default model: {zoo.DEFAULT_MODEL}"
+                          f"{quoted if any(not e.has_weights for e in entries) else ''}",
                   caption_justify="left")
     table.add_column("id", no_wrap=True)
     for col, justify in [("detector", "left"), ("backbone", "left"), ("backbone norm", "left"),

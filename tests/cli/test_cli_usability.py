@@ -91,3 +91,17 @@ def test_scale_is_one_token_and_keeps_the_image_path() -> None:
     assert ctx.params["images"] == [Path("photo.jpg")] and ctx.params["scale"] == (1333, 800)
     ctx = predict.make_context("predict", ["photo.jpg", "--scale", "800x1333"])
     assert ctx.params["scale"] == (1333, 800)
+
+
+def test_list_footnote_only_with_quoted_rows_and_no_trailing_padding() -> None:
+    everything = invoke("list")
+    assert "GN / SN papers" in everything.stdout
+    header = next(line for line in everything.stdout.splitlines() if " detector " in line)
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    described = next(line for line in readme.splitlines() if line.startswith("anzoo list  "))
+    assert "weights" in header.split() and '"weights" column' in described  # the same name
+    cascade = invoke("list", "--detector", "cascade_mask_rcnn")
+    assert cascade.exit_code == 0
+    assert "default model: aognet40m-an-gn" in cascade.stdout and "GN / SN" not in cascade.stdout
+    for result in (everything, cascade, invoke("list", "--imagenet")):
+        assert [line for line in result.stdout.splitlines() if line != line.rstrip()] == []
