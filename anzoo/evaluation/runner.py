@@ -217,7 +217,7 @@ def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], im
         result = evaluate(model, ann_file, image_dir, out, limit=max_images, scale=scale, device=device,
                           batch_size=batch_size, workers=workers, progress=False, expected={},
                           distributed=distributed, coco=coco)
-    metrics = {"images": float(result.num_images)}
+    metrics: dict[str, float] = {"images": result.num_images}  # a count: an integer in metrics.jsonl
     for iou_type in IOU_TYPES:
         for name in METRIC_NAMES:
             metrics[f"{iou_type}_{name.lower()}"] = result.metrics[iou_type][name]
