@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import inspect
+import io
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CacheError, CheckpointError, DownloadError, IntegrityError, OfflineError
-from .zoo import WeightsSpec, get_backbone_entry, get_entry
+from .zoo import WeightsSpec, get_backbone_entry, get_entry, list_backbone_entries, list_entries
 
 __all__ = [
     "ENV_HOME",
@@ -57,6 +58,8 @@ __all__ = [
     "cache_state",
     "import_weights",
     "import_backbone_weights",
+    "pack_cache",
+    "unpack_cache",
     "set_import_validator",
     "sha256_file",
 ]
@@ -680,3 +683,131 @@ def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int |
     finally:
         if task is not None:
             bar.stop()
+
+
+# --------------------------------------------------------------------------- pack / unpack
+#: the manifest, the archive's first member: each entry's files with their sizes and sha256
+PACK_MANIFEST = "anzoo-cache.json"
+PACK_FORMAT = "anzoo-cache/1"
+#: bounds on what an archive may ask of unpack, checked before anything is written
+_PACK_MAX_MANIFEST, _PACK_MAX_ENTRIES, _PACK_MAX_FILES = 1 << 20, 1000, 100
+_PACK_PATH = re.compile(r"[\w.+-]+(/[\w.+-]+)*")
+
+
+def pack_cache(out: str | os.PathLike[str], model_ids: list[str] | None = None,
+               backbone_ids: list[str] | None = None) -> list[str]:
+    """Write verified cache entries into the tar file ``out`` (atomically), to carry them to a
+    machine without network (:func:`unpack_cache`). No ids at all: every cached entry. Returns
+    the entries packed, as ``'model r50-an'``."""
+    import json
+    import tarfile
+
+    from .fileio import atomic_path
+
+    if model_ids is None and backbone_ids is None:
+        items = [_model_item(e.id) for e in list_entries()] + [_backbone_item(b.id) for b in list_backbone_entries()]
+        items = [item for item in items if _state(item).checkpoint is not None]
+        if not items:
+            raise CacheError(f"the weights cache {cache_dir()} holds nothing to pack")
+    else:
+        items = [_model_item(i) for i in model_ids or []] + [_backbone_item(i) for i in backbone_ids or []]
+    manifest: dict[str, object] = {"format": PACK_FORMAT, "entries": []}
+    for item in items:
+        checkpoint = _state(item).checkpoint
+        if checkpoint is None:
+            raise CacheError(f"the cache holds no weights of {item.label}: `{item.command('download')}` first")
+        _verify(item, checkpoint)
+        files = sorted(p for p in item.folder.rglob("*") if p.is_file())
+        manifest["entries"].append({  # type: ignore[attr-defined]
+            "kind": item.kind, "id": item.id, "checkpoint": checkpoint.relative_to(item.folder).as_posix(),
+            "files": [{"path": p.relative_to(item.folder).as_posix(), "size": p.stat().st_size,
+                       "sha256": sha256_file(p)} for p in files]})
+    data = json.dumps(manifest, indent=1).encode()
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w") as tar:
+        info = tarfile.TarInfo(PACK_MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for item, entry in zip(items, manifest["entries"]):  # type: ignore[call-overload]
+            for f in entry["files"]:
+                tar.add(item.folder / f["path"], arcname=f"{item.kind}s/{item.id}/{f['path']}", recursive=False)
+    return [item.label for item in items]
+
+
+def unpack_cache(archive: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """Put the entries of a :func:`pack_cache` archive into this cache, each file's sha256
+    checked against the manifest (and the checkpoint's against its recorded one) before the
+    entry is published; an entry already cached with the same checkpoint is left as it is.
+    Returns (label, checkpoint path) per entry."""
+    import tarfile
+
+    path = Path(archive)
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise CheckpointError(f"{path} is not an anzoo cache archive (a tar file): {exc}") from None
+    with tar:
+        entries = _read_pack_manifest(tar, path)
+        members = {m.name: m for m in tar.getmembers()}
+        done = []
+        for entry in entries:
+            item = _model_item(entry["id"]) if entry["kind"] == "model" else _backbone_item(entry["id"])
+            done.append((item.label, _unpack_entry(tar, members, item, entry, path)))
+    return done
+
+
+def _read_pack_manifest(tar: object, path: Path) -> list[dict]:
+    import json
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not an anzoo cache archive: {why}")
+
+    member = tar.next()  # type: ignore[attr-defined]
+    if member is None or member.name != PACK_MANIFEST or not member.isfile() or member.size > _PACK_MAX_MANIFEST:
+        raise bad(f"its first member must be {PACK_MANIFEST}")
+    try:
+        manifest = json.loads(tar.extractfile(member).read())  # type: ignore[attr-defined]
+        entries = manifest["entries"]
+        assert manifest["format"] == PACK_FORMAT and isinstance(entries, list) and len(entries) <= _PACK_MAX_ENTRIES
+        for entry in entries:
+            assert entry["kind"] in ("model", "backbone") and isinstance(entry["id"], str)
+            assert isinstance(entry["files"], list) and 0 < len(entry["files"]) <= _PACK_MAX_FILES
+            for f in entry["files"]:
+                assert _PACK_PATH.fullmatch(f["path"]) and ".." not in f["path"].split("/")
+                assert isinstance(f["size"], int) and f["size"] >= 0 and re.fullmatch(r"[0-9a-f]{64}", f["sha256"])
+            assert entry["checkpoint"] in {f["path"] for f in entry["files"]}
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise bad(f"{PACK_MANIFEST} is malformed") from None
+    return entries
+
+
+def _unpack_entry(tar: object, members: dict, item: _Item, entry: dict, path: Path) -> Path:
+    files = {f["path"]: f for f in entry["files"]}
+    wanted = files[entry["checkpoint"]]["sha256"]
+    with _cache_errors(item), _locked(item) as writable:
+        if not writable:
+            raise CacheError(f"the weights cache {item.root} is read-only: set {ENV_HOME} to a folder you can write to")
+        _remove_leftovers(item)
+        held = _state(item)
+        if held.checkpoint is not None and held.sha256 == wanted:
+            _verify(item, held.checkpoint)
+            return held.checkpoint
+        with _staging(item) as staging:
+            for name, f in files.items():
+                member = members.get(f"{item.kind}s/{item.id}/{name}")
+                if member is None or not member.isfile() or member.size != f["size"]:
+                    raise CheckpointError(f"{path}: {item.label}'s file {name} is missing or not as listed")
+                target = staging / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with tar.extractfile(member) as src, open(target, "wb") as dst:  # type: ignore[attr-defined]
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                if digest.hexdigest() != f["sha256"]:
+                    raise IntegrityError(f"{path}: {item.label}'s file {name} does not match its sha256 "
+                                         f"(damaged in transit?); nothing was unpacked for it")
+            checkpoint = staging / entry["checkpoint"]
+            if _read_sidecar(checkpoint.with_name(checkpoint.name + _SIDECAR_SUFFIX)) != wanted:
+                raise IntegrityError(f"{path}: {item.label}'s checkpoint does not match its recorded sha256")
+            return _publish(item, staging, checkpoint)
+

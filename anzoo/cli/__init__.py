@@ -7,7 +7,7 @@ written as the flags that set them: :func:`as_flags`) and the error's exit code 
 traceback), and Ctrl-C into exit code 130. One module per command (or family of commands):
 
 * :mod:`.base` - the typer ``app``, :func:`command`, output helpers, shared option types;
-* :mod:`.zoo_commands` - ``list``, ``info``, ``download``, ``import``;
+* :mod:`.zoo_commands` - ``list``, ``info``, ``download``, ``import``, ``pack``, ``unpack``;
 * :mod:`.predict`, :mod:`.evaluate`, :mod:`.serve`, :mod:`.train`, :mod:`.synth` (``synth-coco``) -
   one command each.
 

@@ -1,4 +1,4 @@
-"""``anzoo list``, ``info``, ``download`` and ``import``: the zoo and its weights cache."""
+"""``anzoo list``, ``info``, ``download``, ``import``, ``pack`` and ``unpack``: the zoo and its weights cache."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -198,3 +198,33 @@ def import_(
         path = hub.import_weights(model_id, file, validate=check_checkpoint_fits)
     console.print(f"{model_id}: {path}", highlight=False)
 
+
+
+@command("pack")
+def pack(
+    out: Annotated[Path, typer.Argument(help="The tar file to write.", show_default=False)],
+    ids: Annotated[list[str] | None, typer.Argument(
+        help="Model ids to pack (with --imagenet: backbone ids; default: everything cached).",
+        show_default=False)] = None,
+    imagenet: ImagenetOpt = False,
+) -> None:
+    """Pack verified cache entries into a tar file, for a machine without network (`anzoo unpack`)."""
+    from .. import hub
+
+    if not ids:
+        packed = hub.pack_cache(out)  # everything cached, detectors and backbones
+    elif imagenet:
+        packed = hub.pack_cache(out, backbone_ids=ids)
+    else:
+        packed = hub.pack_cache(out, model_ids=ids)
+    console.print(f"{out}: {', '.join(packed)}", highlight=False)
+
+
+@command("unpack")
+def unpack(archive: Annotated[Path, typer.Argument(help="A tar file written by `anzoo pack`.", show_default=False)]
+           ) -> None:
+    """Put the entries of an `anzoo pack` archive into the cache, each file's sha256 checked."""
+    from .. import hub
+
+    for label, path in hub.unpack_cache(archive):
+        console.print(f"{label}: {path}", highlight=False)
