@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CacheError, CheckpointError, DownloadError, IntegrityError, OfflineError
+from .schema import HF_URL_RE
 from .zoo import WeightsSpec, get_backbone_entry, get_entry, list_backbone_entries, list_entries
 
 __all__ = [
@@ -154,7 +155,12 @@ class _Item:
         return " ".join(["anzoo", verb + flag, self.id, *extra])
 
     def manual_url(self, url: str | None = None) -> str | None:
-        return url or (self.weights.manual_url if self.weights is not None else None)
+        link = url or (self.weights.manual_url if self.weights is not None else None)
+        hf = HF_URL_RE.fullmatch(link) if link else None
+        if hf is not None:  # the file's page on the Hub, for a browser
+            endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+            return f"{endpoint}/{hf['repo']}/resolve/{hf['revision'] or 'main'}/{hf['path']}"
+        return link
 
     def by_hand(self, url: str | None = None) -> str:
         """The sentence telling a person how to get the file into the cache themselves."""
@@ -178,7 +184,11 @@ class _Source:
     """One place to download from."""
 
     gdrive_id: str | None = None
-    url: str | None = None
+    url: str | None = None  # http(s)://... or hf://OWNER/REPO/PATH[@REVISION]
+
+    @property
+    def hf(self) -> re.Match[str] | None:
+        return HF_URL_RE.fullmatch(self.url) if self.url else None
 
     def __str__(self) -> str:
         return f"Google Drive file {self.gdrive_id}" if self.gdrive_id else str(self.url)
@@ -186,8 +196,8 @@ class _Source:
 
 def _sources(item: _Item, url: str | None) -> list[_Source]:
     if url is not None:
-        if not re.match(r"^https?://", url):
-            raise DownloadError(f"`url` must be an http(s) URL, got {url!r}")
+        if not (re.match(r"^https?://", url) or HF_URL_RE.fullmatch(url)):
+            raise DownloadError(f"`url` must be an http(s) URL or hf://OWNER/REPO/PATH[@REVISION], got {url!r}")
         return [_Source(url=url)]
     w = item.weights
     assert w is not None
@@ -339,6 +349,8 @@ def _download(item: _Item, *, url: str | None, progress: bool) -> Path:
     message = f"could not fetch the weights of {item.label}: {reasons}. To add them by hand, {item.by_hand(url)}."
     if all(isinstance(exc, IntegrityError) for _, exc in failures):
         raise IntegrityError(message)
+    if all(isinstance(exc, OfflineError) for _, exc in failures):
+        raise OfflineError(message)
     raise DownloadError(message)
 
 
@@ -593,6 +605,8 @@ def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str
     import gdown.exceptions
     import requests
 
+    if source.hf is not None:
+        return _hf_transfer(source, dest, label=label, progress=progress)
     _check_gdown()
     hasher = hashlib.sha256()
     target = {"id": source.gdrive_id} if source.gdrive_id else {"url": source.url}
@@ -615,6 +629,41 @@ def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str
     if not dest.is_file():
         raise DownloadError(f"downloading {source} produced no file")
     return hasher.hexdigest()
+
+
+def _hf_transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str:
+    """Download an hf:// source with huggingface_hub's downloader (HF_ENDPOINT, HF_TOKEN and
+    HF_HUB_OFFLINE as it reads them, each also read at this call) into ``dest``."""
+    match = source.hf
+    assert match is not None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise OfflineError(f"HF_HUB_OFFLINE is set, so {source} cannot be fetched")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DownloadError(f"{source} needs huggingface_hub: pip install 'anzoo[hf]'") from None
+    with _progress_bar(label, enabled=progress) as report, \
+            tempfile.TemporaryDirectory(prefix=".hf.", dir=dest.parent) as local_dir:
+        try:
+            path = hf_hub_download(match["repo"], match["path"], revision=match["revision"], local_dir=local_dir,
+                                   endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN"),
+                                   etag_timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS | _READ_ONLY_ERRNOS:
+                raise  # the cache, not the source: CacheError
+            raise DownloadError(f"downloading {source} failed ({_hf_reason(exc)})") from None
+        except Exception as exc:  # huggingface_hub's HTTP, repository and revision errors
+            raise DownloadError(f"downloading {source} failed ({_hf_reason(exc)})") from None
+        os.replace(path, dest)
+        if report is not None:
+            report(dest.stat().st_size, dest.stat().st_size)
+    return sha256_file(dest)
+
+
+def _hf_reason(exc: BaseException) -> str:
+    """The first line of huggingface_hub's message (the rest is advice about its own cache)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _network_reason(exc: BaseException) -> str:

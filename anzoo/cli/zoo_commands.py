@@ -147,7 +147,8 @@ def download(
     all_: Annotated[bool, typer.Option("--all", help="Fetch every entry that has weights.")] = False,
     force: ForceOpt = False,
     url: Annotated[str | None, typer.Option(
-        "--url", help="Fetch from this http(s) URL instead of the zoo's sources (one id only).")] = None,
+        "--url", help="Fetch from this http(s) URL or hf://OWNER/REPO/PATH[@REVISION] instead of the zoo's "
+                      "sources (one id only).")] = None,
     imagenet: ImagenetOpt = False,
 ) -> None:
     """Fetch weights into the cache ($ANZOO_HOME, default ~/.cache/anzoo)."""
