@@ -38,7 +38,7 @@ def parse_size(value: str | tuple[int, int]) -> ImageSize:
 def synth_coco(
     out: Annotated[Path, typer.Argument(help="New folder for the dataset (must not exist, or be empty).",
                                         show_default=False)],
-    images: Annotated[int, typer.Option("--images", "-n", min=1, max=MAX_IMAGES,
+    images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=MAX_IMAGES,
                                         help="Images in each split (train2017, val2017).")] = 8,
     size: Annotated[ImageSize, typer.Option(
         "--size", parser=parse_size, metavar="WIDTHxHEIGHT", show_default="320x240",

@@ -19,7 +19,7 @@ CHEAP = ["--img-scale", "128x96", "--rpn-proposals", "50", "--rcnn-samples", "16
 
 def test_synth_coco_writes_a_coco_dataset_and_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "synth"
-    result = runner.invoke(app, ["synth-coco", str(out), "--images", "3", "--size", "64x48", "--seed", "5"])
+    result = runner.invoke(app, ["synth-coco", str(out), "--num-images", "3", "--size", "64x48", "--seed", "5"])
     assert result.exit_code == 0, result.output
     for split in ("train2017", "val2017"):
         data = json.loads((out / "annotations" / f"instances_{split}.json").read_text())
@@ -37,7 +37,7 @@ def test_synth_coco_writes_a_coco_dataset_and_refuses_to_overwrite(tmp_path: Pat
 @pytest.mark.slow
 def test_synth_coco_feeds_train_then_eval(tmp_path: Path) -> None:
     data, work = tmp_path / "synth", tmp_path / "work"
-    assert runner.invoke(app, ["synth-coco", str(data), "--images", "2", "--size", "128x96"]).exit_code == 0
+    assert runner.invoke(app, ["synth-coco", str(data), "--num-images", "2", "--size", "128x96"]).exit_code == 0
     result = runner.invoke(app, ["train", "r50-bn", "--coco", str(data), "--work-dir", str(work),
                                  "--no-pretrained-backbone", "--max-iters", "1", "--eval-every", "0", *CHEAP])
     assert result.exit_code == 0, result.output
