@@ -50,6 +50,11 @@ def _metavar(param: Any) -> str | None:
     return _METAVARS.get(kind, param.name.upper())
 
 
+def _usage_name(param: Any) -> str:
+    name = param.metavar + ("..." if param.nargs != 1 else "")
+    return name if param.required else f"[{name}]"
+
+
 def usage_message(exc: _click.exceptions.UsageError) -> str:
     """A usage error as the one line the other errors are: `--detector` instead of click's
     `'--detector' / '-d'`, without pydantic's `Value error, ` prefix, pointing at --help."""
@@ -72,6 +77,9 @@ class AnzooGroup(typer.core.TyperGroup):
             for param in cmd.params:
                 if param.metavar is None:
                     param.metavar = _metavar(param)
+                if param.param_type_name == "argument":  # MODEL_ID, as click writes it, not {MODEL_ID} <str>
+                    param.display_type_rich = lambda ctx: None
+                    param._usage_display_name = functools.partial(_usage_name, param)
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -257,9 +265,10 @@ def parse_scale(value: str | tuple[int, int], lo: int = SCALE_MIN, hi: int = SCA
 def scale_option(flag: str, what: str, default: tuple[int, int], lo: int = SCALE_MIN) -> Any:
     """A LONGxSHORT option (--scale, --img-scale) with its bounds."""
     return typer.Option(flag, parser=lambda value: parse_scale(value, lo, SCALE_MAX), metavar="LONGxSHORT",
-                        show_default=f"{default[0]}x{default[1]}",
+                        show_default=False,
                         help=f"{what}: LONGxSHORT side limits (either order), or SHORT alone (the long "
-                             f"side in ratio {TEST_SCALE[0]}:{TEST_SCALE[1]}); each side {lo} to {SCALE_MAX}.")
+                             f"side in ratio {TEST_SCALE[0]}:{TEST_SCALE[1]}); each side {lo} to {SCALE_MAX}. "
+                             f"[default: {default[0]}x{default[1]}]")
 
 
 TestScaleOpt = Annotated[Scale, scale_option("--scale", "Test scale", TEST_SCALE)]

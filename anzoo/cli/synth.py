@@ -41,8 +41,8 @@ def synth_coco(
     images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=MAX_IMAGES,
                                         help="Images in each split (train2017, val2017).")] = 8,
     size: Annotated[ImageSize, typer.Option(
-        "--size", parser=parse_size, metavar="WIDTHxHEIGHT", show_default="320x240",
-        help=f"Image size, each side {SIZE_MIN} to {SIZE_MAX}.")] = ImageSize(320, 240),
+        "--size", parser=parse_size, metavar="WIDTHxHEIGHT", show_default=False,
+        help=f"Image size, each side {SIZE_MIN} to {SIZE_MAX}. [default: 320x240]")] = ImageSize(320, 240),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the drawing: the same seed, the same files.")] = 0,
 ) -> None:
     """Write a small synthetic dataset in COCO's layout (shapes with exact masks, COCO category
