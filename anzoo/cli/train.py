@@ -112,6 +112,9 @@ def train_cmd(
     if coco is None and train_ann is None and not resume:  # a resumed run knows its data
         raise typer.BadParameter("give --coco DIR, or --train-ann FILE --train-images DIR")
     from ..training import TrainConfig, train
+    from ..zoo import get_entry
+
+    model_id = get_entry(model_id).id  # as the zoo spells it: --resume compares it with the run's
 
     config = TrainConfig(
         model_id=model_id, work_dir=work_dir, coco_dir=coco, train_ann=train_ann, train_images=train_images,

@@ -62,7 +62,7 @@ def test_train_offline_without_the_backbone_names_the_ways_around(tmp_path: Path
     make_synthetic_coco(coco, num_images=1, image_size=(32, 48), split="train2017", seed=0)
     monkeypatch.setenv("ANZOO_OFFLINE", "1")
     work = tmp_path / "work"
-    result = runner.invoke(app, ["train", "r50-bn", "--coco", str(coco), "--work-dir", str(work), "--device", "cpu",
+    result = runner.invoke(app, ["train", "R50-BN", "--coco", str(coco), "--work-dir", str(work), "--device", "cpu",
                                  "--workers", "0", "--no-progress", "--no-tensorboard", "--eval-every", "0"])
     assert result.exit_code == 1, result.output
     line = result.stderr.strip().splitlines()[-1]
