@@ -294,10 +294,7 @@ def check_weights_given(model_id: str, weights: Path | None) -> str:
     from ..zoo import get_entry
 
     entry = get_entry(model_id)
-    if weights is not None:
-        if not weights.exists():
-            raise AnzooError(f"weights file not found: {weights}")
-    elif not entry.has_weights and not cache_state(entry.id).cached:
+    if weights is None and not entry.has_weights and not cache_state(entry.id).cached:
         raise AnzooError(f"model {entry.id} has no released weights: give a checkpoint of your own "
                          f"with --weights FILE (or put it into the cache: `anzoo import {entry.id} FILE`)")
     return entry.id
@@ -307,6 +304,8 @@ def load_model(model_id: str, weights: Path | None, device: str) -> Any:
     """A zoo model with its released weights (downloaded when needed) or ``weights``."""
     from ..factory import create_model
 
+    if weights is not None and not weights.exists():
+        raise AnzooError(f"weights file not found: {weights}")
     check_weights_given(model_id, weights)
     return create_model(model_id, pretrained=weights if weights is not None else True, device=device)
 
