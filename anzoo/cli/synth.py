@@ -65,5 +65,8 @@ def synth_coco(
         shutil.rmtree(staging, ignore_errors=True)
     console.print(f"{out}: {images} + {images} images ({size.width}x{size.height}) in train2017/ and val2017/, "
                   "annotations/instances_{train,val}2017.json", highlight=False)
-    console.print(f"  try: anzoo eval r50-bn --coco {out}   |   anzoo train r50-bn --coco {out} --work-dir work "
-                  "--no-pretrained-backbone --epochs 1", highlight=False)
+    scale = f"{max(size)}x{min(size)}"
+    console.print(f"  next: anzoo train r50-bn --coco {out} --work-dir work/synth --no-pretrained-backbone "
+                  f"--max-iters 20 --img-scale {scale}", highlight=False)
+    console.print(f"  then: anzoo eval r50-bn --coco {out} --weights work/synth/model_final.pth --scale {scale}",
+                  highlight=False)
