@@ -77,7 +77,7 @@ def _axis_samples(
     coord = coord.clamp(min=0)
     low = coord.floor().to(torch.int64)
     at_edge = low >= size - 1
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    low = torch.where(at_edge, size - 1, low)  # size is a traced tensor in an ONNX export
     high = torch.where(at_edge, low, low + 1)
     coord = torch.where(at_edge, low.to(dtype), coord)
     w_high = coord - low.to(dtype)
@@ -150,6 +150,8 @@ def legacy_roi_align_torch(
     rois = rois.to(work)
     num = rois.shape[0]
     channels = features.shape[1]
+    if torch.jit.is_tracing():  # one branch-free chunk in an exported graph (RoIs are few)
+        return _roi_align_chunk(feats, rois, out_h, out_w, spatial_scale, sampling_ratio).to(in_dtype)
     if num == 0:
         return features.new_zeros((0, channels, out_h, out_w))
     per_roi = out_h * out_w * sampling_ratio * sampling_ratio * channels
@@ -174,9 +176,12 @@ def legacy_roi_align(
     ``x2 + 1, y2 + 1`` (identical sampling); narrower ones through
     :func:`legacy_roi_align_torch`, which keeps the reference's sub-cell RoI size where
     torchvision would stretch it to one cell. One host sync (whether any RoI is narrow).
+    Traced for an ONNX export, the same without branches (torchvision's kernel becomes ONNX
+    ``RoiAlign``, the narrow RoIs' arithmetic primitive operators).
     """
     out_h, out_w = _pair(output_size)
-    if rois.shape[0] == 0:
+    tracing = torch.jit.is_tracing()
+    if not tracing and rois.shape[0] == 0:
         return features.new_zeros((0, features.shape[1], out_h, out_w))
     in_dtype = features.dtype
     work = torch.promote_types(in_dtype, torch.float32)
@@ -188,7 +193,7 @@ def legacy_roi_align(
     )
     width, height = legacy_roi_sizes(rois, spatial_scale)
     narrow = torch.nonzero((width < 1) | (height < 1)).squeeze(1)
-    if narrow.numel():
+    if tracing or narrow.numel():
         out[narrow] = legacy_roi_align_torch(feats, rois[narrow], (out_h, out_w), spatial_scale, sampling_ratio)
     return out.to(in_dtype)
 
@@ -255,7 +260,7 @@ class LegacyMultiScaleRoIAlign(nn.Module):
         out = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
         for level, (feat, stride) in enumerate(zip(features, self.featmap_strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
-            if idx.numel() == 0:
+            if not torch.jit.is_tracing() and idx.numel() == 0:
                 continue
             out[idx] = legacy_roi_align(feat, rois[idx], size, 1.0 / stride, self.sampling_ratio).to(out.dtype)
         return out
