@@ -192,10 +192,23 @@ def legacy_roi_align(
         sampling_ratio=sampling_ratio, aligned=False,
     )
     width, height = legacy_roi_sizes(rois, spatial_scale)
-    narrow = torch.nonzero((width < 1) | (height < 1)).squeeze(1)
-    if tracing or narrow.numel():
+    is_narrow = (width < 1) | (height < 1)
+    narrow = torch.nonzero(is_narrow).squeeze(1)
+    if tracing:
+        fixed = legacy_roi_align_torch(feats, rois[narrow], (out_h, out_w), spatial_scale, sampling_ratio)
+        return _merge(out, fixed, is_narrow).to(in_dtype)
+    if narrow.numel():
         out[narrow] = legacy_roi_align_torch(feats, rois[narrow], (out_h, out_w), spatial_scale, sampling_ratio)
     return out.to(in_dtype)
+
+
+def _merge(out: Tensor, fixed: Tensor, replaced: Tensor) -> Tensor:
+    """``out`` with its ``replaced`` rows taken from ``fixed`` (in order), by one gather: an
+    exported graph's in-place index assignment (ScatterND) breaks on counts seen as 0 or 1
+    when traced."""
+    rank = torch.cumsum(replaced.to(torch.int64), 0) - 1
+    rows = torch.arange(out.shape[0], device=out.device)
+    return torch.cat([out, fixed])[torch.where(replaced, out.shape[0] + rank, rows)]
 
 
 def to_inclusive_end(rois: Tensor) -> Tensor:
@@ -257,13 +270,25 @@ class LegacyMultiScaleRoIAlign(nn.Module):
         if len(features) == 1:
             return legacy_roi_align(features[0], rois, size, 1.0 / self.featmap_strides[0], self.sampling_ratio)
         levels = self.map_roi_levels(rois)
+        if torch.jit.is_tracing():
+            return self._traced_forward(features, rois, levels)
         out = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
         for level, (feat, stride) in enumerate(zip(features, self.featmap_strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
-            if not torch.jit.is_tracing() and idx.numel() == 0:
+            if idx.numel() == 0:
                 continue
             out[idx] = legacy_roi_align(feat, rois[idx], size, 1.0 / stride, self.sampling_ratio).to(out.dtype)
         return out
+
+    def _traced_forward(self, features: Sequence[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
+        """:meth:`forward` for an exported graph: every level pools its RoIs (maybe none), and
+        the results are put back in the RoIs' order by a gather instead of index assignments."""
+        parts, order = [], []
+        for level, (feat, stride) in enumerate(zip(features, self.featmap_strides)):
+            idx = torch.nonzero(levels == level).squeeze(1)
+            parts.append(legacy_roi_align(feat, rois[idx], self.output_size, 1.0 / stride, self.sampling_ratio))
+            order.append(idx)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
     def extra_repr(self) -> str:
         return (
