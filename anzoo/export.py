@@ -43,7 +43,7 @@ from .models.detection.detector import TwoStageDetector
 from .models.detection.traced import OUTPUT_NAMES, TracedDetector
 from .version import __version__
 
-__all__ = ["ExportError", "ExportCheck", "OnnxDetector", "TOLERANCES", "DEFAULT_OPSET", "export_onnx",
+__all__ = ["BACKENDS", "ExportError", "ExportCheck", "OnnxDetector", "TOLERANCES", "DEFAULT_OPSET", "export_onnx",
            "compare_detections", "is_onnx_file", "read_metadata"]
 
 log = logging.getLogger(__name__)
@@ -300,29 +300,60 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return OnnxDetector(path).metadata
 
 
+#: the runtimes an exported file runs on (`anzoo predict --backend`)
+BACKENDS = ("onnxruntime", "openvino")
+
+
+def _onnxruntime_session(path: Path, threads: int) -> tuple[Any, dict[str, str]]:
+    """A function running the file in ONNX Runtime (CPU), and the file's metadata."""
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for unreadable files
+        raise ExportError(f"{path} is not a readable ONNX file: {exc}") from exc
+    return (lambda feed: session.run(list(OUTPUT_NAMES), feed)), session.get_modelmeta().custom_metadata_map
+
+
+def _openvino_session(path: Path, threads: int) -> tuple[Any, dict[str, str]]:
+    """The same on OpenVINO (CPU, float32 kept: its default CPU precision may be bf16)."""
+    ov = _require("openvino")
+    onnx = _require("onnx")
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+        compiled = ov.Core().compile_model(os.fspath(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                    "INFERENCE_NUM_THREADS": threads})
+    except Exception as exc:
+        raise ExportError(f"{path} is not a readable ONNX file: {exc}") from exc
+    request = compiled.create_infer_request()
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = request.infer(feed)
+        return [np.array(result[compiled.output(name)]) for name in OUTPUT_NAMES]
+
+    return run, {p.key: p.value for p in proto.metadata_props}
+
+
 class OnnxDetector:
     """An exported file behind the detector interface the :class:`~anzoo.inference.Predictor`
-    uses (``detect(batch, metas)``, ``class_names``, ``category_ids``), run by ONNX Runtime on
-    the CPU. Images of a batch run one at a time (the graph takes one)."""
+    uses (``detect(batch, metas)``, ``class_names``, ``category_ids``), run by ONNX Runtime or
+    OpenVINO on the CPU. Images of a batch run one at a time (the graph takes one)."""
 
-    #: tells the Predictor this model is no torch module (no device moves, no autocast)
-    runtime = "onnxruntime"
-
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        ort = _require("onnxruntime")
+    def __init__(self, path: str | os.PathLike[str], backend: str = "onnxruntime", threads: int | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ExportError(f"`backend` must be one of {', '.join(BACKENDS)}, not {backend!r}")
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"ONNX file not found: {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types for unreadable files
-            raise ExportError(f"{path} is not a readable ONNX file: {exc}") from exc
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        opener = _onnxruntime_session if backend == "onnxruntime" else _openvino_session
+        self._run, metadata = opener(path, threads or torch.get_num_threads())
+        raw = metadata.get(METADATA_KEY)
         if raw is None:
             raise ExportError(f"{path} was not exported by anzoo (no '{METADATA_KEY}' metadata)")
+        #: tells the Predictor this model is no torch module (no device moves, no autocast)
+        self.runtime = backend
         self.metadata: dict[str, Any] = json.loads(raw)
         self.path = path
         self.model_id: str | None = self.metadata.get("model_id")
@@ -346,9 +377,8 @@ class OnnxDetector:
         out = []
         for i, meta in enumerate(metas):
             batch, shape, factor = graph_inputs(images[i:i + 1].cpu(), meta)
-            boxes, scores, labels, probs, mask_boxes = self.session.run(
-                list(OUTPUT_NAMES), {"image": batch.numpy(), "image_shape": shape.numpy(),
-                                     "scale_factor": factor.numpy()})
+            boxes, scores, labels, probs, mask_boxes = self._run(
+                {"image": batch.numpy(), "image_shape": shape.numpy(), "scale_factor": factor.numpy()})
             out.append(Detections(tuple(meta.orig_size), torch.from_numpy(boxes), torch.from_numpy(scores),
                                   torch.from_numpy(labels), torch.from_numpy(probs) if with_masks else None,
                                   torch.from_numpy(mask_boxes) if with_masks else None))

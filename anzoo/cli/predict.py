@@ -67,6 +67,9 @@ def predict(
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
     scale: TestScaleOpt = TEST_SCALE,
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="Run an exported --weights FILE.onnx on onnxruntime (what the suffix picks) "
+                          "or openvino.", show_default=False)] = None,
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
@@ -78,7 +81,9 @@ def predict(
     if paths:
         from ..inference import Predictor
 
-        predictor = Predictor(base.load_model(model, weights, device), fp16=fp16, batch_size=batch_size,
+        loaded = (base.load_model(model, weights, device) if backend is None
+                  else base.load_exported(model, weights or Path(""), backend))
+        predictor = Predictor(loaded, fp16=fp16, batch_size=batch_size,
                               scale=long_short(scale))
         log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(paths), out)
         for result in predictor.predict_files(paths, out, score_thr=score_thr):

@@ -119,6 +119,17 @@ def test_portrait_and_batched_images_match(r50):
         assert check.ok, check.problems
 
 
+@pytest.mark.slow
+def test_openvino_runs_the_same_file(r50):
+    pytest.importorskip("openvino")
+    photo = demo_image("coffee")
+    torch_predictor = Predictor(r50["model"], scale=SCALE)
+    expected = torch_predictor.detect(photo)[0]
+    got = Predictor(export.OnnxDetector(r50["path"], backend="openvino"), scale=SCALE).detect(photo)[0]
+    check = export.compare_detections("coffee", expected, got, torch_predictor)
+    assert check.ok and len(expected) > 10, check.problems  # measured: boxes 2.3e-3 px, scores 1.8e-5
+
+
 def _predict_json(folder: Path, *args: str) -> list[dict]:
     result = runner.invoke(app, ["predict", *args, "--scale", "320", "224", "--out", str(folder)])
     assert result.exit_code == 0, result.output
