@@ -57,6 +57,9 @@ METADATA_KEY = "anzoo"
 VERIFY_PHOTOS = ("astronaut", "coffee")
 #: what the verification demands of ONNX Runtime against PyTorch, per detection
 TOLERANCES = {"box_px": 0.5, "score": 1e-3, "mask_iou": 0.98}
+#: near-ties (compare_detections) allowed per detection, 1 in 10: measured 1 in 100 (r50-bn) and
+#: 1-2 in 21 (cascade-r101-an, where 7 of 100 RPN proposals differ: objectness ties at the top-k cuts)
+MAX_TIE_SHARE = 0.1
 
 
 class ExportError(AnzooError):
@@ -211,10 +214,13 @@ def compare_detections(name: str, expected: Detections, got: Detections, predict
     difference, checked on its own, is not counted twice; each into its own boxes too, reported).
 
     Two runtimes round differently (scores differ by ~1e-5), so where two candidates score
-    within that of each other the NMS (or the cut at ``max_per_img``) may keep the other one:
-    such a pair, same class, scores within the tolerance and overlapping beyond ``nms_iou``
-    (or both at the cut), is counted in ``ties``, not hidden and not a failure. Anything
-    else left unpaired is a problem."""
+    within that of each other the NMS (or the cut at ``max_per_img``) may keep the other one,
+    and with it suppress another box or not. A left-over pair of the same class that NMS could
+    not keep both of (+1 IoU above ``nms_iou``), or two detections scoring within the tolerance
+    of the cut, counts in ``ties``: shown, allowed for a share :data:`MAX_TIE_SHARE` of the
+    detections (at least one). The same happens one stage earlier: RPN objectness scores tie
+    (the sigmoid saturates) and the top-k cuts keep other proposals, which the heads mostly
+    refine to the same detections. Anything else left unpaired is a problem."""
     check = ExportCheck(name, len(expected), len(got), same_labels=False, max_box_px=0.0, max_score=0.0,
                         min_mask_iou=1.0)
     if len(expected) != len(got):
@@ -225,6 +231,8 @@ def compare_detections(name: str, expected: Detections, got: Detections, predict
     check.ties = len(ties)
     if unpaired:
         check.problems.append(f"{unpaired} detection(s) without a counterpart")
+    if check.ties > max(1, int(len(expected) * MAX_TIE_SHARE)):
+        check.problems.append(f"{check.ties} near-ties broken differently")
     if pairs:
         i, j = (torch.tensor(idx) for idx in zip(*pairs))
         check.max_box_px = float((expected.boxes[i] - got.boxes[j]).abs().max())
@@ -268,9 +276,10 @@ def _pair_detections(expected: Detections, got: Detections, nms_iou: float
         floor = expected.scores.min()  # the lowest kept score: where the max_per_img cut fell
         overlap = legacy_box_iou(expected.boxes, got.boxes) > nms_iou
         at_cut = (got.scores - floor).abs() <= TOLERANCES["score"]
+    same_class = expected.labels[:, None] == got.labels[None, :]
     for i in left:
         near_cut = bool((expected.scores[i] - floor).abs() <= TOLERANCES["score"])
-        fits = same[i] & free & (overlap[i] | (at_cut & near_cut))
+        fits = same_class[i] & free & (overlap[i] | (at_cut & near_cut))
         if fits.any():
             j = int(torch.where(fits, score_diff[i], torch.inf).argmin())
             ties.append((i, j))

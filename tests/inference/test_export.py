@@ -76,7 +76,7 @@ def test_export_verifies_on_two_photos(r50, tmp_path, monkeypatch):
     assert [c.image for c in checks] == ["astronaut", "coffee"]  # 512x512 and 400x600: two padded sizes
     for c in checks:
         assert c.ok, c.problems
-        assert c.detections == c.onnx_detections > 10 and c.ties <= 2
+        assert c.detections == c.onnx_detections > 10 and c.ties <= 2  # measured 1 and 0
         assert c.max_box_px <= LIMITS["box_px"] and c.max_score <= LIMITS["score"]
         assert c.min_mask_iou >= LIMITS["mask_iou"]
     meta = export.read_metadata(out)
