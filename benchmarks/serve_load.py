@@ -1,14 +1,19 @@
 """Load test of ``anzoo serve``: throughput and p50/p95 latency of ``POST /segment`` for 1, 8
-and 32 concurrent clients, with dynamic batching (``--max-batch N``) and without (1).
+and 32 concurrent clients, with dynamic batching (``--max-batch N``) and without (1), on one or
+more model replicas (``--replicas 1 2``: the server's ``--replicas``, which share out the CPU
+threads on a CPU; with ``--devices cuda:0,cuda:1`` one replica per GPU).
 
-For each mode the script starts its own server in a child process on 127.0.0.1 (a free port;
-nothing else is contacted), waits until it is warm, then sends a fixed number of requests per
-concurrency level (a duration cap bounds every level) and stops the server.
+For each mode and replica count the script starts its own server in a child process on
+127.0.0.1 (a free port; nothing else is contacted), waits until it is warm, then sends a fixed
+number of requests per concurrency level (a duration cap bounds every level) and stops the server.
 
     # random weights, small images: a quick run on a CPU
     python benchmarks/serve_load.py --random-weights --scale 320 224 --image-size 240 320
     # released weights (downloaded and cached), COCO-sized images, on a GPU
     python benchmarks/serve_load.py --model r50-an --device cuda --image-size 480 640 --requests 256
+    # 1 vs 2 CPU replicas at 8 and 32 clients
+    python benchmarks/serve_load.py --random-weights --scale 320 224 --image-size 240 320 \
+        --modes batched --replicas 1 2 --clients 8 32
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-dets", type=int, default=10,
                    help="with --random-weights: detections (masks) per image")
     p.add_argument("--device", default="auto")
+    p.add_argument("--devices", default=None, help="the server's --devices (one replica per device)")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1],
+                   help="replicas per device; one server per value")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--scale", type=int, nargs=2, default=(1333, 800), metavar=("LONG", "SHORT"))
     p.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
@@ -62,6 +70,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from anzoo.server.app import create_app
+    from anzoo.server.replicas import parse_devices
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +86,8 @@ def serve(args: argparse.Namespace) -> None:
         model = create_model(args.model, pretrained=args.weights or True, device=args.device)
     app = create_app({args.model: model}, device=args.device, fp16=args.fp16, scale=tuple(args.scale),
                      api_key="", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                     max_queue=max(64, 2 * max(args.clients)), request_timeout_s=600)
+                     max_queue=max(64, 2 * max(args.clients)), request_timeout_s=600,
+                     devices=parse_devices(args.devices) if args.devices else None, replicas=args.replicas[0])
     uvicorn.run(app, host=HOST, port=args.serve_port, log_level="warning")
 
 
@@ -158,11 +168,12 @@ def wait_ready(url: str, child: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"the server was not ready after {timeout:g} s")
 
 
-def bench_mode(args: argparse.Namespace, mode: str, image: bytes, argv: list[str]) -> list[dict[str, Any]]:
+def bench_mode(args: argparse.Namespace, mode: str, replicas: int, image: bytes,
+               argv: list[str]) -> list[dict[str, Any]]:
     port = free_port()
     max_batch = args.max_batch if mode == "batched" else 1
     child_argv = [sys.executable, os.path.abspath(__file__), *argv, "--serve-port", str(port),
-                  "--max-batch", str(max_batch)]
+                  "--max-batch", str(max_batch), "--replicas", str(replicas)]
     child = subprocess.Popen(child_argv)
     url = f"http://{HOST}:{port}"
     results = []
@@ -172,7 +183,7 @@ def bench_mode(args: argparse.Namespace, mode: str, image: bytes, argv: list[str
         for clients in args.clients:
             requests = args.requests or max(16, 2 * clients)
             row = asyncio.run(run_level(url, image, clients, requests, args.max_seconds))
-            row.update(mode=mode, max_batch=max_batch)
+            row.update(mode=mode, max_batch=max_batch, replicas=replicas)
             results.append(row)
             print(format_row(row), flush=True)
     finally:
@@ -185,15 +196,15 @@ def bench_mode(args: argparse.Namespace, mode: str, image: bytes, argv: list[str
     return results
 
 
-HEADER = (f"{'mode':<10} {'batch':>5} {'clients':>7} {'ok/sent':>9} {'img/s':>8} {'p50 ms':>9} {'p95 ms':>9} "
-          f"{'mean batch':>10}")
+HEADER = (f"{'mode':<10} {'batch':>5} {'replicas':>8} {'clients':>7} {'ok/sent':>9} {'img/s':>8} {'p50 ms':>9} "
+          f"{'p95 ms':>9} {'mean batch':>10}")
 
 
 def format_row(row: dict[str, Any]) -> str:
     errors = f"  errors: {row['errors']}" if row["errors"] else ""
-    return (f"{row['mode']:<10} {row['max_batch']:>5} {row['clients']:>7} {row['ok']:>4}/{row['requests']:<4} "
-            f"{row['images_per_s']:>8.2f} {row['p50_ms'] or 0:>9.1f} {row['p95_ms'] or 0:>9.1f} "
-            f"{row['mean_batch'] or 0:>10.2f}{errors}")
+    return (f"{row['mode']:<10} {row['max_batch']:>5} {row['replicas']:>8} {row['clients']:>7} "
+            f"{row['ok']:>4}/{row['requests']:<4} {row['images_per_s']:>8.2f} {row['p50_ms'] or 0:>9.1f} "
+            f"{row['p95_ms'] or 0:>9.1f} {row['mean_batch'] or 0:>10.2f}{errors}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,12 +215,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     image = sample_image(*args.image_size)
     print(f"model {args.model} ({'random weights' if args.random_weights else 'released weights'}), "
-          f"device {args.device}, scale {tuple(args.scale)}, image {args.image_size[1]}x{args.image_size[0]} "
+          f"device {args.devices or args.device}, torch threads {args.threads or 'default'}, "
+          f"scale {tuple(args.scale)}, image {args.image_size[1]}x{args.image_size[0]} "
           f"JPEG ({len(image)} bytes), max wait {args.max_wait_ms:g} ms", flush=True)
     print(HEADER, flush=True)
     results = []
     for mode in args.modes:
-        results += bench_mode(args, mode, image, argv)
+        for replicas in args.replicas:
+            results += bench_mode(args, mode, replicas, image, argv)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "serve_port"},

@@ -47,6 +47,12 @@ DecodeMemoryOpt = Annotated[float, typer.Option(
 MaxMaskOpt = Annotated[float, typer.Option(
     "--max-mask-mpx", min=0.001, help="Most mask pixels pasted per request, in Mpx (boxes clipped to the "
                                       "image); lower-scoring instances past it are left out.")]
+DevicesOpt = Annotated[Optional[str], typer.Option(
+    "--devices", help="One replica of every model per device, fed from one queue: cuda:0,cuda:1,... or all "
+                      "(every GPU). Instead of --device.", show_default=False)]
+ReplicasOpt = Annotated[int, typer.Option(
+    "--replicas", min=1, help="Replicas per device; on the CPU they share out the torch threads (for "
+                              "throughput on many cores).")]
 CorsOpt = Annotated[Optional[list[str]], typer.Option(
     "--cors-origin", help="Allow browser pages from this origin (repeatable; '*' for any). "
                           "Off by default.", show_default=False)]
@@ -59,6 +65,8 @@ def serve(
                               f"Default: {DEFAULT_MODEL}.", show_default=False)] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    devices: DevicesOpt = None,
+    replicas: ReplicasOpt = 1,
     host: Annotated[str, typer.Option(
         "--host", help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, envvar="ANZOO_PORT",
@@ -87,6 +95,7 @@ def serve(
     import uvicorn
 
     from ..server.app import API_KEY_ENV, ServeSettings, create_app
+    from ..server.replicas import parse_devices
     from ..server.runner import check_listen_address
 
     model_ids = list(dict.fromkeys(models or [DEFAULT_MODEL]))
@@ -99,18 +108,23 @@ def serve(
                              max_buffered_bytes=int(max_buffered_mb * 1_000_000),
                              decode_memory_bytes=int(decode_memory_mb * 1_000_000),
                              max_mask_pixels=int(max_mask_mpx * 1_000_000))
+    placed = parse_devices(devices) if devices is not None else None
     check_listen_address(host, port)  # before minutes of downloading and loading
+    if placed is not None:
+        device = str(placed[0])  # loaded there; the other devices get copies
     loaded = {}
     for model_id in model_ids:
         log.info("loading %s", model_id)
         loaded[model_id] = base.load_model(model_id, weights, device)
-    app = create_app(loaded, settings=settings, device=device, fp16=fp16, scale=long_short(scale))
+    app = create_app(loaded, settings=settings, device=device, fp16=fp16, scale=long_short(scale),
+                     devices=placed, replicas=replicas)
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it may use it "
                     "(set %s to require one)", host, API_KEY_ENV)
-    log.info("serving %s on http://%s:%d (max batch %d, max wait %g ms, queue %d%s)",
-             ", ".join(model_ids), host, port, max_batch, max_wait_ms, max_queue,
+    on = [f"{r.device}" for r in app.state.service.replicas]
+    log.info("serving %s on http://%s:%d (replicas: %s; max batch %d, max wait %g ms, queue %d%s)",
+             ", ".join(model_ids), host, port, ", ".join(on), max_batch, max_wait_ms, max_queue,
              ", API key required" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5,
                 timeout_graceful_shutdown=max(5, int(timeout)))

@@ -6,7 +6,8 @@
   request through them (:class:`SegmentService`), and the settings (:class:`ServeSettings`);
 * :mod:`~anzoo.server.routes`: the HTTP routes, which get the service through ``Depends``;
 * :mod:`~anzoo.server.request`: reading a request's API key, options and body within limits;
-* :mod:`~anzoo.server.prometheus`: the ``/metrics`` registry.
+* :mod:`~anzoo.server.replicas`: the models' copies on each device (``--devices``, ``--replicas``);
+* :mod:`~anzoo.server.prometheus`: the ``/metrics`` registry (``prometheus_client``).
 
 Every error a client can cause is an :class:`ApiError` answered as ``{"error": kind,
 "message": ..., "status": code}`` with a 4xx code; a full queue, or one whose expected wait is
@@ -19,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -36,6 +37,7 @@ from .. import __version__
 from ..data.transforms import TEST_SCALE
 from ..inference import Predictor
 from .prometheus import ServiceMetrics
+from .replicas import build_replicas
 from .request import describe_validation
 from .routes import SEGMENT_PATHS, STATIC_DIR, router
 from .service import ApiError, ClientGone, SegmentService, ServeSettings
@@ -49,7 +51,8 @@ API_KEY_ENV = "ANZOO_API_KEY"
 
 def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = None,
                device: str | torch.device | None = None, fp16: bool = False,
-               scale: tuple[int, int] = TEST_SCALE, **setting_overrides: Any) -> FastAPI:
+               scale: tuple[int, int] = TEST_SCALE, devices: Sequence[str | torch.device] | None = None,
+               replicas: int = 1, **setting_overrides: Any) -> FastAPI:
     """The service for ready models.
 
     Args:
@@ -57,6 +60,8 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
             The first one is the default.
         settings: limits and behaviour; keyword overrides (e.g. ``max_batch=1``) apply on top.
         device, fp16, scale: how detectors (not Predictors) are run.
+        devices, replicas: ``replicas`` copies of every model on each of ``devices`` (default:
+            the models' device), fed from one queue (see :mod:`~anzoo.server.replicas`).
 
     The models are warmed up on the worker thread when the app starts (lifespan); ``/readyz``
     answers 200 from then on.
@@ -68,7 +73,8 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
         model_id: m if isinstance(m, Predictor) else Predictor(m, device=device, fp16=fp16, scale=scale)
         for model_id, m in models.items()
     }
-    service = SegmentService(predictors, settings)
+    placed = build_replicas(predictors, [torch.device(d) for d in devices or ()], replicas)
+    service = SegmentService(placed[0].predictors, settings, replicas=placed)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +83,7 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
             yield
         finally:
             await asyncio.to_thread(service.batcher.stop)
+            service.metrics.process_exited()
 
     app = FastAPI(
         title="anzoo",
@@ -111,31 +118,31 @@ def _metrics(request: Request) -> ServiceMetrics:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    _metrics(request).errors.inc(kind=exc.kind)
+    _metrics(request).errors.labels(kind=exc.kind).inc()
     return _error_response(exc.status, exc.kind, exc.message, exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    _metrics(request).errors.inc(kind="bad_option")
+    _metrics(request).errors.labels(kind="bad_option").inc()
     return _error_response(422, "bad_option", describe_validation(list(exc.errors())))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    _metrics(request).errors.inc(kind=kind)
+    _metrics(request).errors.labels(kind=kind).inc()
     return _error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
 
 
 async def _client_gone(request: Request, exc: ClientGone) -> Response:
     # Nobody reads this answer; the status (nginx's 499) is for the logs and the metrics.
     log.info("%s %s: %s", request.method, request.url.path, exc)
-    _metrics(request).errors.inc(kind="client_disconnected")
+    _metrics(request).errors.labels(kind="client_disconnected").inc()
     return Response(status_code=499)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("internal error on %s", request.url.path)
-    _metrics(request).errors.inc(kind="internal")
+    _metrics(request).errors.labels(kind="internal").inc()
     return _error_response(500, "internal", "internal server error")
 
 
@@ -200,5 +207,5 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send_and_watch)
         finally:
             route = _route_label(scope.get("path", ""))
-            self.metrics.requests.inc(route=route, status=str(status))
-            self.metrics.latency.observe(time.perf_counter() - start, route=route)
+            self.metrics.requests.labels(route=route, status=str(status)).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)

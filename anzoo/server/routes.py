@@ -19,7 +19,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ..data.images import ACCEPTED_FORMATS
-from .prometheus import CONTENT_TYPE
 from .request import UploadBody, check_auth, read_image, read_options, single_values, validate_options
 from .schemas import ErrorResponse, Health, ModelsResponse, Readiness, SegmentResponse, options_openapi_parameters
 from .service import ApiError, SegmentService
@@ -135,8 +134,9 @@ async def readyz(service: Service) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-async def metrics_route(service: Service) -> Response:
-    return Response(service.render_metrics(), media_type=CONTENT_TYPE)
+async def metrics_route(request: Request, service: Service) -> Response:
+    body, content_type = service.render_metrics(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 # ---------------------------------------------------------------- the web page

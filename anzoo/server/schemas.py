@@ -12,6 +12,7 @@ __all__ = [
     "ModelInfo",
     "ModelsResponse",
     "Readiness",
+    "ReplicaInfo",
     "RleMask",
     "SegmentOptions",
     "SegmentResponse",
@@ -100,6 +101,17 @@ class ZooInfo(BaseModel):
     mask_ap: Optional[float] = None
 
 
+class ReplicaInfo(BaseModel):
+    """One replica of the served models (``anzoo serve --devices/--replicas``)."""
+
+    index: int
+    device: str
+    state: Literal["loading", "ready", "failed", "stopped"] = Field(
+        ..., description="'ready': in rotation; 'failed': out of rotation after an error (see detail).")
+    detail: Optional[str] = Field(None, description="The error that took the replica out of rotation.")
+    images: int = Field(..., description="Images it has run.")
+
+
 class ModelInfo(BaseModel):
     id: str
     default: bool
@@ -108,6 +120,7 @@ class ModelInfo(BaseModel):
     scale: list[int] = Field(..., description="Test scale [long side, short side].")
     num_classes: int
     zoo: Optional[ZooInfo] = Field(None, description="The zoo entry the model comes from.")
+    replicas: list[ReplicaInfo] = Field(default_factory=list, description="The replicas that run it.")
 
 
 class ModelsResponse(BaseModel):
@@ -122,6 +135,8 @@ class Readiness(BaseModel):
     ready: bool
     models: list[str]
     detail: Optional[str] = None
+    replicas: list[ReplicaInfo] = Field(default_factory=list,
+                                        description="Each replica's state; ready when one is in rotation.")
 
 
 def options_openapi_parameters() -> list[dict[str, Any]]:

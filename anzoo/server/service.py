@@ -5,13 +5,14 @@ metrics, and the path of one admitted ``POST /segment`` request through them.
 
     admit (requests in flight, expected queue wait)
       -> [thread] header (format, pixels) -> decode-memory pool -> [thread] decode, preprocess
-      -> DynamicBatcher (one worker thread; batches by (model, padded shape))
-           -> Predictor.detect_batch -> the detections scoring at least score_thr
+      -> DynamicBatcher (one queue; batches by (model, padded shape), each run by the least-loaded
+         replica's worker thread) -> Predictor.detect_batch -> the detections scoring at least score_thr
       -> [thread] Predictor.rank (max_instances, pasted-area cap) -> masks pasted and encoded
          one at a time (RLE / polygons), or drawn one at a time -> JSON / PNG bytes
 
-Decoding and encoding run in the threadpool, model work on the batcher's single worker, so
-the event loop only moves bytes. Every error a client can cause is an :class:`ApiError`.
+Decoding and encoding run in the threadpool, model work on the batcher's workers (one per
+replica, see :mod:`~anzoo.server.replicas`), so the event loop only moves bytes. Every error a
+client can cause is an :class:`ApiError`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from ..models.detection.detections import Detections
 from .batching import DynamicBatcher, NotRunningError, QueueFullError
 from .limits import ByteBudget
 from .prometheus import ServiceMetrics
-from .schemas import ModelInfo, Readiness, SegmentOptions, ZooInfo
+from .replicas import Replica, build_replicas
+from .schemas import ModelInfo, Readiness, ReplicaInfo, SegmentOptions, ZooInfo
 
 if TYPE_CHECKING:
     from .request import UploadBody
@@ -118,6 +120,7 @@ class _Inferred:
     detections: Detections  # those scoring at least score_thr, masks not pasted
     batch_size: int
     inference_s: float
+    predictor: Predictor  # the replica's, which pastes the masks (on its device)
 
 
 @dataclass
@@ -157,33 +160,45 @@ class Admission:
 
 @dataclass
 class SegmentService:
-    """The predictors, the batcher and the metrics behind the HTTP routes."""
+    """The predictors, the batcher and the metrics behind the HTTP routes.
+
+    ``predictors`` are the first replica's; ``replicas`` (default: that one alone) hold every
+    model on each device, see :func:`~anzoo.server.replicas.build_replicas`."""
 
     predictors: dict[str, Predictor]
     settings: ServeSettings
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    replicas: list[Replica] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.predictors:
             raise ValueError("the service needs at least one model")
+        if not self.replicas:
+            self.replicas = build_replicas(self.predictors)
         self.default_model = next(iter(self.predictors))
         #: requests past the admission check and not answered yet (touched on the event loop only)
         self.admitted = 0
         #: admitted requests without their model result yet (decoding, queued or running)
         self.inferring = 0
         self.batcher = DynamicBatcher(
-            self._run_batch, max_batch=self.settings.max_batch,
+            self._run_batch, replicas=len(self.replicas), max_batch=self.settings.max_batch,
             max_wait_s=self.settings.max_wait_ms / 1000.0, max_queue=self.settings.max_queue,
-            startup=self._warmup, on_depth=self.metrics.queue_depth.set)
+            startup=self._start_replica, on_depth=self.metrics.queue_depth.set, on_failure=self._replica_failed)
         self.buffered = ByteBudget(self.settings.max_buffered_bytes)
         self.decode_memory = ByteBudget(self.settings.decode_memory_bytes)
 
     # ------------------------------------------------------------ worker thread
-    def _warmup(self) -> None:
+    def _start_replica(self, index: int) -> None:
+        """On the replica's worker thread: its share of the CPU threads, then the warm-up."""
+        replica = self.replicas[index]
+        if replica.threads is not None:
+            torch.set_num_threads(replica.threads)  # this thread's OpenMP pool (and later threads')
+        if replica.device.type == "cuda":
+            torch.cuda.set_device(replica.device)  # this thread's current device: its kernels' default
         if not self.settings.warmup:
             return
         rng = np.random.default_rng(0)
-        for model_id, predictor in self.predictors.items():
+        for model_id, predictor in replica.predictors.items():
             long_side, short_side = predictor.scale
             image = rng.integers(0, 256, (short_side, long_side, 3), dtype=np.uint8)
             start = time.perf_counter()
@@ -191,11 +206,14 @@ class SegmentService:
             for det in predictor.detect_batch([tensor], [meta]):
                 ranked, _ = predictor.rank(det, 0.0, None, self.settings.max_mask_pixels)
                 predictor.detection_records(ranked)
-            log.info("warmed up %s on %s in %.2f s", model_id, predictor.device,
+            log.info("warmed up %s on %s (replica %d) in %.2f s", model_id, predictor.device, index,
                      time.perf_counter() - start)
 
-    def _run_batch(self, key: tuple[str, tuple[int, int]], items: list[_Prepared]) -> list[_Inferred]:
-        predictor = self.predictors[key[0]]
+    def _replica_failed(self, index: int, exc: BaseException) -> None:
+        self.metrics.replica_failures.labels(replica=str(index)).inc()
+
+    def _run_batch(self, replica: int, key: tuple[str, tuple[int, int]], items: list[_Prepared]) -> list[_Inferred]:
+        predictor = self.replicas[replica].predictors[key[0]]
         start = time.perf_counter()
         try:
             detections = predictor.detect_batch([it.tensor for it in items], [it.meta for it in items])
@@ -204,12 +222,13 @@ class SegmentService:
                 raise
             log.warning("out of GPU memory on a batch of %d; running its images one by one", len(items))
             torch.cuda.empty_cache()
-            return [self._run_batch(key, [it])[0] for it in items]
+            return [self._run_batch(replica, key, [it])[0] for it in items]
         kept = [det[det.scores >= it.score_thr] for det, it in zip(detections, items)]
         seconds = time.perf_counter() - start
-        self.metrics.batch_size.observe(len(items), model=key[0])
-        self.metrics.inference.observe(seconds, model=key[0])
-        return [_Inferred(det, len(items), seconds) for det in kept]
+        labels = {"model": key[0], "replica": str(replica)}
+        self.metrics.batch_size.labels(**labels).observe(len(items))
+        self.metrics.inference.labels(**labels).observe(seconds)
+        return [_Inferred(det, len(items), seconds, predictor) for det in kept]
 
     # ------------------------------------------------------------ threadpool work
     def inspect(self, data: bytes) -> ImageHeader:
@@ -245,7 +264,7 @@ class SegmentService:
     def encode_json(self, model_id: str, options: SegmentOptions, inferred: _Inferred,
                     timing: dict[str, float]) -> bytes:
         start = time.perf_counter()
-        predictor = self.predictors[model_id]
+        predictor = inferred.predictor
         det = inferred.detections
         ranked, dropped = predictor.rank(det, options.score_thr, options.max_instances, self.settings.max_mask_pixels)
         if dropped:
@@ -273,7 +292,7 @@ class SegmentService:
     def render_png(self, model_id: str, options: SegmentOptions, rgb: np.ndarray,
                    inferred: _Inferred) -> tuple[bytes, int]:
         """The PNG with the instances drawn (masks pasted one at a time) and how many were drawn."""
-        predictor = self.predictors[model_id]
+        predictor = inferred.predictor
         ranked, _ = predictor.rank(inferred.detections, options.score_thr, options.max_instances,
                                    self.settings.max_mask_pixels)
         image = predictor.draw(rgb, ranked)
@@ -315,7 +334,8 @@ class SegmentService:
         between their body and their answer are bounded, which bounds memory; and a request
         whose expected wait (every admitted request still without its result is ahead of it)
         is over the timeout is refused."""
-        if self.admitted >= self.settings.max_queue + self.settings.max_batch:
+        running = self.settings.max_batch * len(self.replicas)  # a batch on each replica
+        if self.admitted >= self.settings.max_queue + running:
             raise ApiError(503, "queue_full", "the server is busy (its queue is full); retry shortly",
                            {"Retry-After": str(self.settings.retry_after_s)})
         self.check_wait(self.settings.request_timeout_s, ahead=self.inferring)
@@ -373,6 +393,10 @@ class SegmentService:
             job.future.cancel()
             raise ApiError(504, "timeout", f"no result within the server's timeout of "
                            f"{self.settings.request_timeout_s:g} s; the server is overloaded") from exc
+        except NotRunningError:  # a job being retried on another replica when the workers stopped
+            raise ApiError(503, "shutting_down", "the server is shutting down") from None
+        except Exception as exc:  # the model raised on this image's batch (the batcher logged it)
+            raise ApiError(500, "internal", "internal server error: the model failed on this image") from exc
         except asyncio.CancelledError:
             task = asyncio.current_task()
             cancelling = task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
@@ -404,10 +428,16 @@ class SegmentService:
 
     # ------------------------------------------------------------ health
     def is_ready(self) -> bool:
-        """The models are warm and the worker runs (the ``anzoo_ready`` gauge is set to it)."""
+        """The models are warm on a replica in rotation (the ``anzoo_ready`` gauge is set to it)."""
         ready = self.batcher.ready.is_set() and self.batcher.running
         self.metrics.ready.set(1 if ready else 0)
         return ready
+
+    def replica_infos(self) -> list[ReplicaInfo]:
+        """Each replica's device and state (``failed`` ones with the error that took them out)."""
+        return [ReplicaInfo(index=state.index, device=str(replica.device), state=state.state,
+                            detail=state.error, images=state.jobs_run)
+                for replica, state in zip(self.replicas, list(self.batcher.replicas))]
 
     def readiness(self) -> Readiness:
         ready = self.is_ready()
@@ -416,19 +446,23 @@ class SegmentService:
             detail = f"the models failed to load: {self.batcher.startup_error}"
         elif not ready:
             detail = "loading" if not self.batcher.ready.is_set() else "stopped"
-        return Readiness(ready=ready, models=list(self.predictors), detail=detail)
+        return Readiness(ready=ready, models=list(self.predictors), detail=detail, replicas=self.replica_infos())
 
-    def render_metrics(self) -> str:
-        """The Prometheus text, with the queue depth and readiness gauges as they are now."""
+    def render_metrics(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The Prometheus exposition (and its content type), with the queue depth, readiness and
+        replica gauges as they are now."""
         self.metrics.queue_depth.set(self.batcher.depth)
         self.is_ready()
-        return self.metrics.render()
+        for info in self.replica_infos():
+            self.metrics.replica_up.labels(replica=str(info.index), device=info.device).set(info.state == "ready")
+        return self.metrics.render(accept)
 
     # ------------------------------------------------------------ info
     def models_info(self) -> list[ModelInfo]:
         from .. import zoo
 
         out = []
+        replicas = self.replica_infos()
         for model_id, predictor in self.predictors.items():
             try:
                 # the fields of the entry's JSON that the API declares (ZooInfo ignores the others)
@@ -438,5 +472,6 @@ class SegmentService:
             out.append(ModelInfo(id=model_id, default=model_id == self.default_model,
                                  device=str(predictor.device), fp16=predictor.fp16,
                                  scale=list(predictor.scale),
-                                 num_classes=len(predictor.class_names()), zoo=zoo_info))
+                                 num_classes=len(predictor.class_names()), zoo=zoo_info,
+                                 replicas=replicas))
         return out

@@ -89,7 +89,8 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> dict:
 
 def test_anzoo_serve_process(server: tuple[subprocess.Popen, str, Path]) -> None:
     proc, url, log = server
-    assert wait_ready(proc, url, log) == {"ready": True, "models": ["r50-bn"], "detail": None}
+    assert wait_ready(proc, url, log) == {"ready": True, "models": ["r50-bn"], "detail": None, "replicas": [
+        {"index": 0, "device": "cpu", "state": "ready", "detail": None, "images": 0}]}
     with httpx.Client(trust_env=False, timeout=60) as client:
         assert client.get(f"{url}/healthz").json() == {"status": "ok"}
         (model,) = client.get(f"{url}/models").json()["models"]

@@ -26,6 +26,7 @@ from anzoo.server.batching import DynamicBatcher, NotRunningError, QueueFullErro
 from anzoo.server.schemas import SegmentResponse
 from anzoo.testing import confident_model
 from anzoo.visualize import draw_instances
+from helpers.metrics_text import metric
 
 MODEL_ID = "r50-an"
 SCALE = (128, 96)
@@ -421,13 +422,6 @@ SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"
                     r'(-?[0-9.e+]+|\+Inf|-Inf|NaN)$')
 
 
-def metric(text: str, sample: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{sample} not in metrics:\n{text}")
-
-
 def test_metrics_are_prometheus_text(client: TestClient) -> None:
     client.post("/segment", content=PNG, headers={"Content-Type": "image/png"})
     response = client.get("/metrics")
@@ -439,8 +433,10 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
                        ("anzoo_batch_size", "histogram"), ("anzoo_queue_depth", "gauge"),
                        ("anzoo_errors_total", "counter"), ("anzoo_inference_duration_seconds", "histogram")]:
         assert f"# TYPE {name} {kind}" in text
-    count = metric(text, f'anzoo_batch_size_count{{model="{MODEL_ID}"}}')
-    assert count >= 1 and metric(text, f'anzoo_batch_size_bucket{{model="{MODEL_ID}",le="1"}}') == count
+    count = metric(text, f'anzoo_batch_size_count{{model="{MODEL_ID}",replica="0"}}')
+    assert count >= 1 and metric(text, f'anzoo_batch_size_bucket{{le="1.0",model="{MODEL_ID}",replica="0"}}') == count
+    assert metric(text, 'anzoo_replica_up{device="cpu",replica="0"}') == 1
+    assert "# TYPE process_cpu_seconds_total counter" in text  # prometheus_client's process collector
     assert metric(text, 'anzoo_request_duration_seconds_count{route="/segment"}') >= 1
     assert metric(text, "anzoo_queue_depth") == 0
 
@@ -459,7 +455,7 @@ class Recorder:
         self.delay = delay
         self.lock = threading.Lock()
 
-    def __call__(self, key, payloads):
+    def __call__(self, replica, key, payloads):
         time.sleep(self.delay)
         with self.lock:
             self.batches.append((key, list(payloads)))
@@ -476,9 +472,9 @@ def test_batcher_groups_by_key_and_respects_max_batch() -> None:
     gate = threading.Event()
     recorder = Recorder()
 
-    def run(key, payloads):
+    def run(replica, key, payloads):
         gate.wait(5)
-        return recorder(key, payloads)
+        return recorder(replica, key, payloads)
 
     batcher = started(DynamicBatcher(run, max_batch=3, max_wait_s=0.0, max_queue=100))
     try:
@@ -522,7 +518,7 @@ def test_batcher_queue_bound_cancellation_and_errors() -> None:
     gate = threading.Event()
     calls: list[list[int]] = []
 
-    def run(key, payloads):
+    def run(replica, key, payloads):
         gate.wait(5)
         calls.append(list(payloads))
         if key == "boom":
@@ -554,12 +550,12 @@ def test_batcher_queue_bound_cancellation_and_errors() -> None:
 
 
 def test_batcher_startup_failure() -> None:
-    def broken_startup() -> None:
+    def broken_startup(replica: int) -> None:
         raise OSError("no weights")
 
-    batcher = DynamicBatcher(lambda k, p: p, startup=broken_startup)
+    batcher = DynamicBatcher(lambda r, k, p: p, startup=broken_startup)
     batcher.start()
-    batcher._thread.join(5)
+    batcher._threads[0].join(5)
     assert isinstance(batcher.startup_error, OSError) and not batcher.ready.is_set()
     with pytest.raises(NotRunningError):
         batcher.submit("k", 1)

@@ -57,15 +57,15 @@ def post_all(url: str, requests: Sequence[tuple[str, bytes]]) -> list[httpx.Resp
 class RecordingRunner:
     """Wraps the batcher's ``run_batch``: records each batch's key and payloads."""
 
-    def __init__(self, run_batch: Callable[[Any, Sequence[Any]], Sequence[Any]]) -> None:
+    def __init__(self, run_batch: Callable[[int, Any, Sequence[Any]], Sequence[Any]]) -> None:
         self.run_batch = run_batch
         self.batches: list[tuple[Any, list[Any]]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, key: Any, payloads: Sequence[Any]) -> Sequence[Any]:
+    def __call__(self, replica: int, key: Any, payloads: Sequence[Any]) -> Sequence[Any]:
         with self.lock:
             self.batches.append((key, list(payloads)))
-        return self.run_batch(key, payloads)
+        return self.run_batch(replica, key, payloads)
 
 
 # --------------------------------------------------------------------------- several models
