@@ -130,6 +130,29 @@ def test_openvino_runs_the_same_file(r50):
     assert check.ok and len(expected) > 10, check.problems  # measured: boxes 2.3e-3 px, scores 1.8e-5
 
 
+@pytest.mark.slow
+def test_the_service_answers_from_an_exported_file(r50):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from anzoo.server.app import create_app
+
+    photo = io.BytesIO()
+    Image.fromarray(demo_image("coffee")).save(photo, format="PNG")
+    with TestClient(create_app({"r50-bn": export.OnnxDetector(r50["path"])}, scale=SCALE)) as client:
+        for _ in range(300):  # the warm-up runs the file once
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.5)
+        response = client.post("/segment?score_thr=0.05", files={"image": ("c.png", photo.getvalue(), "image/png")})
+    assert response.status_code == 200
+    expected = Predictor(r50["model"], scale=SCALE).predict_records(demo_image("coffee"), score_thr=0.05)[0]
+    got = response.json()["instances"]
+    assert len(got) == len(expected) > 10
+    assert sorted(r["category_id"] for r in got) == sorted(r["category_id"] for r in expected)
+
+
 def _predict_json(folder: Path, *args: str) -> list[dict]:
     result = runner.invoke(app, ["predict", *args, "--scale", "320", "224", "--out", str(folder)])
     assert result.exit_code == 0, result.output
