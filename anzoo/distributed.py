@@ -17,9 +17,9 @@ import datetime
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,8 @@ __all__ = ["DistContext", "init_distributed", "launched_by_torchrun", "process_r
            "torchrun_command"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: how long a process waits for the others by default (e.g. rank 0 scoring the results).
 TIMEOUT = datetime.timedelta(hours=2)
@@ -92,6 +94,25 @@ class DistContext:
         dist.all_reduce(t)
         t /= self.world_size
         return dict(zip(keys, t.tolist()))
+
+    def run_on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 and hand its value (or its error, as an AnzooError) to every rank."""
+        if not self.distributed:
+            return fn()
+        payload: Any = None
+        if self.is_main:
+            try:
+                payload = ("ok", fn())
+            except AnzooError as exc:
+                self.broadcast(("error", str(exc)))
+                raise
+            except BaseException as exc:
+                self.broadcast(("error", f"rank 0 failed: {type(exc).__name__}: {exc}"))
+                raise
+        payload = self.broadcast(payload)
+        if payload[0] == "error":
+            raise AnzooError(payload[1])
+        return payload[1]
 
     def barrier(self) -> None:
         if self.distributed:

@@ -19,14 +19,9 @@ v1 did would change its detections. Grouping keeps batched results identical to 
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,8 +31,6 @@ from PIL import Image
 from .data.images import load_image
 from .data.results import instances_to_records, records_from_parts
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
-from .errors import AnzooError
-from .fileio import atomic_write_bytes
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import MaskCrops, clipped_paste_windows, paste_masks_fast, paste_masks_legacy
@@ -45,7 +38,7 @@ from .runtime import resolve_device
 from .structures import Instances
 from .visualize import draw_instances
 
-__all__ = ["Predictor", "MASK_PASTE_MODES", "FileResult", "predict", "rank_indices"]
+__all__ = ["Predictor", "MASK_PASTE_MODES", "predict", "rank_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -220,49 +213,6 @@ class Predictor:
         return instances_to_records(inst, self.class_names(), self.category_ids(), score_thr=score_thr,
                                     mask_format=mask_format, max_instances=max_instances)
 
-    # ------------------------------------------------------------ image files
-    def predict_files(self, paths: Sequence[Path], out_dir: Path, score_thr: float = 0.3,
-                      window: int = 16) -> Iterator[FileResult]:
-        """Predict image files and write ``<stem>.json`` (records) and ``<stem>.png`` (overlay)
-        into ``out_dir`` for each; yields one :class:`FileResult` per file, in input order.
-
-        A file that cannot be read yields a result with ``error`` set; the others still run.
-        Files are read ``window`` at a time so that same-shape images can share a batch.
-        """
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stems = _unique_stems(paths)
-        for start in range(0, len(paths), window):
-            chunk = list(range(start, min(start + window, len(paths))))
-            loaded: dict[int, tuple[np.ndarray, torch.Tensor, ImageMeta]] = {}
-            failed: dict[int, str] = {}
-            for i in chunk:
-                try:
-                    image = load_image(paths[i])
-                    tensor, meta = preprocess_image(image, scale=self.scale)
-                    loaded[i] = (image, tensor, meta)
-                except AnzooError as exc:
-                    failed[i] = str(exc)
-            done: dict[int, FileResult] = {}
-            order = [i for i in chunk if i in loaded]
-            for group in self.batches([loaded[i][2] for i in order]):
-                idx = [order[g] for g in group]
-                t0 = time.perf_counter()
-                dets = self.detect_batch([loaded[i][1] for i in idx], [loaded[i][2] for i in idx])
-                seconds = (time.perf_counter() - t0) / len(idx)
-                for i, det in zip(idx, dets):
-                    ranked, _ = self.rank(det, score_thr)
-                    records = self.detection_records(ranked)
-                    json_path = out_dir / f"{stems[i]}.json"
-                    png_path = out_dir / f"{stems[i]}.png"
-                    atomic_write_bytes(json_path, json.dumps(records).encode())
-                    overlay = self.draw(loaded[i][0], ranked)
-                    buf = io.BytesIO()
-                    overlay.save(buf, format="PNG")
-                    atomic_write_bytes(png_path, buf.getvalue())
-                    done[i] = FileResult(paths[i], records, json_path, png_path, seconds)
-            for i in chunk:
-                yield done[i] if i in done else FileResult(paths[i], [], None, None, 0.0, failed[i])
-
 
 def rank_indices(det: Detections, score_thr: float = 0.0, max_instances: int | None = None,
                  max_mask_pixels: int | None = None) -> tuple[torch.Tensor, int]:
@@ -294,32 +244,6 @@ def predict(model: TwoStageDetector, images: Iterable[Any] | Any, score_thr: flo
     predict`` writes. ``predictor_kwargs`` go to :class:`Predictor` (``device``, ``scale``, ...).
     """
     return Predictor(model, **predictor_kwargs).predict_records(images, score_thr=score_thr)
-
-
-@dataclass
-class FileResult:
-    """The outcome of predicting one image file."""
-
-    path: Path
-    records: list[dict]
-    json_path: Path | None
-    png_path: Path | None
-    seconds: float  # model time per image (batch time / batch size)
-    error: str | None = None
-
-
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: the file stem, with the extension added where two inputs share a stem."""
-    stems = [p.stem for p in paths]
-    seen: dict[str, int] = {}
-    counts = {s: stems.count(s) for s in stems}
-    out = []
-    for p, stem in zip(paths, stems):
-        name = stem if counts[stem] == 1 else f"{stem}.{p.suffix.lstrip('.') or 'img'}"
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        out.append(name if n == 0 else f"{name}-{n}")
-    return out
 
 
 def _as_list(images: Iterable[Any] | Any) -> list[Any]:

@@ -9,7 +9,7 @@ import torch
 
 from .errors import AnzooError
 
-__all__ = ["resolve_device"]
+__all__ = ["device_kind", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -20,3 +20,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AnzooError(f"`device='{device}'` was asked for but no CUDA GPU is available (use `device='cpu'`)")
     return dev
+
+
+def device_kind(device: torch.device) -> str:
+    """'cpu', or 'cuda (GPU model)' (not its index: ranks and resumed runs may use another one):
+    what results depend on, since other kernels give slightly other numbers."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type

@@ -5,11 +5,11 @@ Lowest first; a module may import its own layer and the layers below it:
 ====  ===========  =================================================================================
 rank  layer        modules
 ====  ===========  =================================================================================
-0     foundation   errors, fileio, structures, log, schema, version, data.defaults
+0     foundation   errors, fileio, partfiles, structures, log, schema, version, data.defaults
 1     models       models/ (torch, torchvision and the numerics mmdetection used: numpy, cv2)
 2     data         data/ (images, transforms, COCO files)
 3     zoo          checkpoint, zoo, hub, factory, runtime, distributed, visualize
-4     run          inference, evaluation/, training/, export (to come), testing, the package top
+4     run          inference, bulk/, evaluation/, training/, export (to come), testing, the package top
 5     shells       cli, server/, __main__
 ====  ===========  =================================================================================
 
@@ -49,14 +49,14 @@ PACKAGE_DIR = Path(anzoo.__file__).resolve().parent
 
 #: (layer, module prefixes), lowest first. The longest matching prefix places a module.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("anzoo.errors", "anzoo.fileio", "anzoo.structures", "anzoo.log", "anzoo.schema",
-                    "anzoo.version", "anzoo.data.defaults")),
+    ("foundation", ("anzoo.errors", "anzoo.fileio", "anzoo.partfiles", "anzoo.structures", "anzoo.log",
+                    "anzoo.schema", "anzoo.version", "anzoo.data.defaults")),
     ("models", ("anzoo.models",)),
     ("data", ("anzoo.data",)),
     ("zoo", ("anzoo.checkpoint", "anzoo.zoo", "anzoo.hub", "anzoo.factory", "anzoo.runtime",
              "anzoo.distributed", "anzoo.visualize")),
-    ("run", ("anzoo.inference", "anzoo.evaluation", "anzoo.training", "anzoo.export", "anzoo.testing",
-             "anzoo")),
+    ("run", ("anzoo.inference", "anzoo.bulk", "anzoo.evaluation", "anzoo.training", "anzoo.export",
+             "anzoo.testing", "anzoo")),
     ("shells", ("anzoo.cli", "anzoo.server", "anzoo.__main__")),
 ]
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -60,7 +60,6 @@ __all__ = [
     "ImageHeader",
     "ImageSource",
     "decoded_bytes",
-    "iter_image_files",
     "load_image",
     "read_image_header",
     "read_image_size",
@@ -73,7 +72,7 @@ logger = logging.getLogger(__name__)
 ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF"
 
-#: File extensions :func:`iter_image_files` picks up in a directory (lower case).
+#: File extensions a folder contributes to ``anzoo predict`` (lower case; :mod:`anzoo.data.sources`).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
@@ -174,47 +173,6 @@ def decoded_bytes(header: ImageHeader) -> int:
     pixels, the (H, W, 3) uint8 result and one band of converted rows."""
     per_pixel = _PIL_BYTES_PER_PIXEL.get(header.mode, 4)
     return header.pixels * (per_pixel + 3) + 3 * _BAND_BYTES
-
-
-def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into the list of image files to process.
-
-    A file is kept whatever its extension (the user named it; reading it will tell whether it
-    is an image). A directory contributes its files whose extension is in
-    :data:`IMAGE_EXTENSIONS` (case-insensitive), sorted by name, **not recursively**; hidden
-    files (``.name``) are skipped. Order follows the arguments; duplicates are dropped.
-
-    Raises:
-        ImageError: a path does not exist (all missing paths are named).
-    """
-    found: list[Path] = []
-    missing: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(
-                sorted(
-                    child
-                    for child in path.iterdir()
-                    if child.is_file()
-                    and not child.name.startswith(".")
-                    and child.suffix.lower() in IMAGE_EXTENSIONS
-                )
-            )
-        elif path.exists():
-            found.append(path)
-        else:
-            missing.append(str(path))
-    if missing:
-        raise ImageError("no such file or directory: " + ", ".join(missing))
-    seen: set[Path] = set()
-    unique = []
-    for path in found:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from ..inference import Predictor
 from ..log import progress_bar
 from ..models.detection.detections import Detections
 from ..models.detection.detector import TwoStageDetector
-from ..runtime import resolve_device
+from ..runtime import device_kind, resolve_device
 from ..structures import Instances
 from .dataset import label_category_ids
 from .metrics import IOU_TYPES, METRIC_NAMES, Comparison, coco_evaluate, compare, is_coco_val2017, overall_verdict
@@ -422,25 +422,7 @@ class _Evaluation:
 
     # ------------------------------------------------------------------ helpers
     def _on_main(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on rank 0 and hand its value (or its error) to every rank."""
-        if not self.ctx.distributed:
-            return fn()
-        payload: Any = None
-        if self.ctx.is_main:
-            try:
-                payload = ("ok", fn())
-            except AnzooError as exc:
-                payload = ("error", str(exc))
-                self.ctx.broadcast(payload)
-                raise
-            except BaseException as exc:
-                payload = ("error", f"rank 0 failed: {type(exc).__name__}: {exc}")
-                self.ctx.broadcast(payload)
-                raise
-        payload = self.ctx.broadcast(payload)
-        if payload[0] == "error":
-            raise AnzooError(payload[1])
-        return payload[1]
+        return self.ctx.run_on_main(fn)
 
     def _fingerprint(self) -> dict[str, Any]:
         """What the results depend on; --resume refuses partial results made otherwise. The
@@ -450,7 +432,7 @@ class _Evaluation:
         return {"model_id": self.model_id, "weights_sha256": self.weights_sha256,
                 "num_classes": self.model.num_classes, "ann_file": str(self.ann_file.resolve()),
                 "image_dir": str(self.image_dir.resolve()), "scale": list(self.scale),
-                "legacy_box": self.legacy_box, "fp16": self.fp16, "device": _device_kind(self.device),
+                "legacy_box": self.legacy_box, "fp16": self.fp16, "device": device_kind(self.device),
                 "mask_paste": self.predictor.mask_paste, "channels_last": self.channels_last}
 
     def _expected(self, coco: Any) -> dict[str, float | None]:
@@ -485,11 +467,6 @@ def _keep_labels(det: Detections, category_ids: Sequence[int | None]) -> Detecti
     valid = torch.tensor([c is not None for c in category_ids], device=det.labels.device)
     keep = valid[det.labels]
     return det[keep]
-
-
-def _device_kind(device: torch.device) -> str:
-    """'cpu', or 'cuda (GPU model)' (not its index: ranks and resumed runs may use another one)."""
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def _device_name(device: torch.device) -> str:

@@ -10,7 +10,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import anzoo.cli as cli
-from anzoo.cli import base as cli_base
 from anzoo.data.results import decode_mask_rle
 from anzoo.factory import save_model
 from anzoo.inference import Predictor
@@ -37,17 +36,8 @@ def model():
 
 
 @pytest.fixture
-def fake_model(model, monkeypatch):
-    seen = {}
-
-    def load(model_id, weights, device):
-        seen.update(model_id=model_id, weights=weights, device=device)
-        return model
-
-    seen["model"] = model
-
-    monkeypatch.setattr(cli_base, "load_model", load)
-    return seen
+def fake_model(model, use_model):
+    return use_model(model)
 
 
 def _photo(path, h=120, w=160, seed=0, mode="RGB"):
@@ -58,7 +48,8 @@ def _photo(path, h=120, w=160, seed=0, mode="RGB"):
 
 
 def _run(*args):
-    return runner.invoke(cli.app, ["predict", *args, "--scale", str(SMALL_SCALE[0]), str(SMALL_SCALE[1])])
+    return runner.invoke(cli.app, ["predict", *args, "--scale", str(SMALL_SCALE[0]), str(SMALL_SCALE[1]),
+                                   *(() if "--workers" in args else ("--workers", "0"))])
 
 
 def test_readme_main_job_demo_photo(tmp_path, fake_model):
@@ -110,11 +101,19 @@ def test_folder_bad_files_and_exit_code(tmp_path, fake_model):
     out = tmp_path / "out"
     result = _run(str(folder), str(tmp_path / "fake.png"), str(tmp_path / "missing.jpg"), "--out", str(out))
     assert result.exit_code == 1
-    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json", "gray.json"]
-    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "gray.png"]
+    # outputs keep the inputs' folders, relative to the folder they share (tmp_path)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == [
+        "in/a.json", "in/b.json", "in/gray.json"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "in/a.png", "in/b.png", "in/gray.png"]
     err = result.stderr
     assert "empty.jpg" in err and "fake.png" in err and "missing.jpg" in err
     assert "Traceback" not in result.output
+    # failed.txt: each failure as a '# reason' line and its path, readable as @failed.txt
+    failed = (out / "failed.txt").read_text().splitlines()
+    assert [line for line in failed if not line.startswith("#")] == [
+        str(tmp_path / "missing.jpg"), str(folder / "empty.jpg"), str(tmp_path / "fake.png")]
+    assert "3 image(s)" in result.stdout and "2 failed" not in result.stdout and "3 failed" in result.stdout
 
 
 def test_same_stem_does_not_overwrite(tmp_path, fake_model):
@@ -140,6 +139,7 @@ def test_offline_without_cached_weights_is_a_clear_error(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "ANZOO_OFFLINE" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_real_weights_file_end_to_end(tmp_path, model):
     weights = save_model(model, tmp_path / "r50.pth")
     img = _photo(tmp_path / "a.png")
@@ -207,6 +207,6 @@ def test_only_promised_formats_are_read(tmp_path, fake_model):
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     result = _run(str(folder), str(eps), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
-    assert (tmp_path / "out" / "anim.json").exists()
+    assert (tmp_path / "out" / "in" / "anim.json").exists()
     assert "drawing.eps: EPS images are not supported (accepted formats: JPEG, PNG, WebP, BMP, TIFF, GIF)" \
         in " ".join(result.stderr.split())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from anzoo import hub
@@ -268,6 +269,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch):
 
 
 # --------------------------------------------------------------------------- import
+@pytest.mark.slow
 def test_import(tmp_path, anzoo_home):
     from helpers.manifests import mmdet_checkpoint
 

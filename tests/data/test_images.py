@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anzoo.data.images import IMAGE_EXTENSIONS, iter_image_files, load_image, read_image_size
+from anzoo.data.images import IMAGE_EXTENSIONS, load_image, read_image_size
+from anzoo.data.sources import expand_inputs
 from anzoo.errors import AnzooError, ImageError, UnsupportedImageFormatError
 
 H, W = 24, 32
@@ -248,22 +249,6 @@ def test_errors_are_anzoo_errors() -> None:
     assert issubclass(ImageError, AnzooError)
 
 
-def test_iter_image_files(tmp_path: Path) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for name in ["b.JPG", "a.png", "c.webp", "notes.txt", ".hidden.jpg", "d.tif"]:
-        (folder / name).write_bytes(b"x")
-    (folder / "sub").mkdir()
-    (folder / "sub" / "e.jpg").write_bytes(b"x")
-    extra = tmp_path / "explicit.dat"  # named explicitly: kept whatever its extension
-    extra.write_bytes(b"x")
-    files = iter_image_files([folder, extra, folder / "a.png"])
-    assert [p.name for p in files] == ["a.png", "b.JPG", "c.webp", "d.tif", "explicit.dat"]
-    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} <= IMAGE_EXTENSIONS
-    with pytest.raises(ImageError, match="missing.jpg"):
-        iter_image_files([folder, tmp_path / "missing.jpg"])
-
-
 # ------------------------------------------------------------------------------- formats
 def _ico_wrapping_png(width: int, height: int) -> bytes:
     """An ICO file whose one entry is a PNG announcing width x height pixels (a few rows of data)."""
@@ -321,7 +306,7 @@ def test_gif_is_accepted(tmp_path: Path) -> None:
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     assert np.array_equal(load_image(tmp_path / "anim.gif"), rgb)  # the first frame
     assert ".gif" in IMAGE_EXTENSIONS
-    assert [p.name for p in iter_image_files([tmp_path])] == ["anim.gif"]
+    assert [s.key for s in expand_inputs([str(tmp_path)])[0]] == ["anim.gif"]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

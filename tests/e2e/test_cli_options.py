@@ -39,7 +39,8 @@ SCALE = ("128", "96")
 FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--log-every", "1",
         "--no-progress", "--no-tensorboard", "--device", "cpu", "--img-scale", *SCALE, "--warmup-iters", "1"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Slow tier (`-m "not slow"` leaves it out): end to end through processes.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def read_json(path: Path) -> Any:

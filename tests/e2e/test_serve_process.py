@@ -28,7 +28,8 @@ from anzoo.testing import confident_model
 
 from helpers.pictures import noise_png
 
-pytestmark = pytest.mark.usefixtures("no_api_key")
+# Slow tier (`-m "not slow"` leaves it out): end to end through processes.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_api_key")]
 
 STARTUP_TIMEOUT_S = 180
 

@@ -9,7 +9,8 @@ from anzoo.inference import Predictor
 from anzoo.testing import SMALL_SCALE, confident_model
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Slow tier (`-m "not slow"` leaves it out): full-scale images through three inference paths.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,9 @@ def test_r50_sn_builds_and_runs():
     assert inst.image_size == (60, 80)
 
 
-@pytest.mark.parametrize("model_id", RELEASED)
+# The R-50 rows in the fast tier, the others (same conversion code, 2-4x the time) in the full run.
+@pytest.mark.parametrize("model_id", [pytest.param(m, marks=() if m.startswith("r50") else pytest.mark.slow)
+                                      for m in RELEASED])
 def test_released_layout_converts_and_loads(model_id, tmp_path):
     path = mmdet_checkpoint(model_id, tmp_path / "ckpt.pth")
     model = create_model(model_id, pretrained=path)
@@ -83,6 +85,7 @@ def test_converted_weights_land_on_the_right_modules(tmp_path):
         assert torch.equal(sd[original], own[ours]), original
 
 
+@pytest.mark.slow
 def test_cascade_stage_weights_stay_in_their_stage(tmp_path):
     path = mmdet_checkpoint("cascade-r101-bn", tmp_path / "ckpt.pth")
     sd = read_checkpoint(path)["state_dict"]
@@ -102,6 +105,7 @@ def test_checkpoint_inside_a_zip(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_wrong_architecture_is_one_clear_error(tmp_path):
     path = mmdet_checkpoint("r50-an", tmp_path / "ckpt.pth")
     with pytest.raises(CheckpointError) as err:
@@ -113,6 +117,7 @@ def test_wrong_architecture_is_one_clear_error(tmp_path):
         create_model("r101-bn", pretrained=path)
 
 
+@pytest.mark.slow
 def test_missing_and_extra_keys_are_listed(tmp_path):
     obj = read_checkpoint(mmdet_checkpoint("r50-bn", tmp_path / "ckpt.pth"))
     del obj["state_dict"]["mask_head.conv_logits.bias"]
@@ -174,6 +179,7 @@ def test_detections_follow_the_legacy_output_rules(r50):
     assert inst.masks.shape == (len(inst), h, w) and inst.masks.dtype == torch.bool
 
 
+@pytest.mark.slow
 def test_batches_equal_one_by_one(r50):
     images = [_image(150, 210, 0), _image(150, 210, 1), _image(210, 150, 2), _image(97, 300, 3)]
     single = Predictor(r50, scale=SMALL_SCALE, batch_size=1).predict_instances(images)
@@ -189,6 +195,7 @@ def test_batches_equal_one_by_one(r50):
         assert torch.equal(a.labels, b.labels) and torch.equal(a.masks, b.masks)
 
 
+@pytest.mark.slow
 def test_cascade_averages_logits_and_mask_probabilities():
     model = confident_model("cascade-r101-bn", proposals=20)
     heads = model.roi_heads
@@ -210,6 +217,7 @@ def test_cascade_averages_logits_and_mask_probabilities():
     torch.testing.assert_close(det.mask_probs, chosen)  # float32 defaults; measured: 0, every kernel choice
 
 
+@pytest.mark.slow
 def test_model_predict_returns_json_records(r50, tmp_path):
     from PIL import Image
 

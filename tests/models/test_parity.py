@@ -94,6 +94,9 @@ def parity_diffs(row: str, workdir: Path) -> list[dict]:
     return out
 
 
+# Parity runs full-size detectors at (1333, 800): 20-60 s a row, in the full run only. The fast tier
+# checks the same legacy steps one by one at small scale (test_legacy_*.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("row", ROWS)
 def test_detections_match_mmdetection_v1(row, tmp_path):
     for diffs in parity_diffs(row, tmp_path):

@@ -164,6 +164,7 @@ def _save_original(sd: dict[str, torch.Tensor], path: Path, zipped: bool) -> Pat
     return archive
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zipped", [False, True], ids=["pth", "zip"])
 def test_original_checkpoint_loads(tmp_path: Path, r50_an_original: dict, zipped: bool) -> None:
     path = _save_original(r50_an_original, tmp_path / "model_best.pth.tar", zipped)
@@ -201,6 +202,7 @@ def test_original_checkpoint_loads(tmp_path: Path, r50_an_original: dict, zipped
     assert all(torch.equal(v, direct_sd[k]) for k, v in backbone_sd.items())
 
 
+@pytest.mark.slow
 def test_plain_state_dict_and_anzoo_layout_load(tmp_path: Path) -> None:
     sd = original_state_dict("r50-bn", seed=1)
     torch.save(sd, tmp_path / "plain.pth")
@@ -237,6 +239,7 @@ def test_checkpoint_that_does_not_fit(tmp_path: Path, r50_an_original: dict) -> 
 
 
 # --------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_gradients_flow_in_train_mode() -> None:
     model = randomize(create_backbone("r50-an", num_classes=10)).train()
     logits = model(x64(2))
@@ -261,6 +264,7 @@ def _sgd_step(model: nn.Module) -> None:
     opt.step()
 
 
+@pytest.mark.slow
 def test_frozen_stages_and_norm_eval() -> None:
     model = randomize(create_backbone("r50-an", frozen_stages=1, norm_eval=True))
     model.train()

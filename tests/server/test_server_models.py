@@ -69,6 +69,7 @@ class RecordingRunner:
 
 
 # --------------------------------------------------------------------------- several models
+@pytest.mark.slow
 def test_each_model_answers_its_own_requests_and_batches_never_mix(models: dict[str, torch.nn.Module]) -> None:
     app = create_app(models, scale=SCALE, api_key="", max_batch=8, max_wait_ms=300, max_queue=32)
     service = app.state.service

@@ -37,7 +37,8 @@ FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--lo
         "--no-progress", "--no-tensorboard", "--device", "cpu"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Slow tier (`-m "not slow"` leaves it out): trains detectors for a few iterations (one run under torchrun).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _backbone_checkpoint(path: Path) -> Path:

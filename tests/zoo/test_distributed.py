@@ -47,6 +47,7 @@ def test_one_process_context_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+@pytest.mark.slow
 def test_two_processes_exchange_objects_and_means(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

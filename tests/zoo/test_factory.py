@@ -53,6 +53,7 @@ def test_build_model_attaches_the_zoo_metadata():
     assert plain.training  # create_model puts it in eval mode, build_model leaves it as built
 
 
+@pytest.mark.slow
 def test_saved_classes_load_back_and_the_callers_classes_win(tmp_path):
     model = build_model("r50-bn", num_classes=2, class_names=["cat", "dog"], category_ids=[7, 9])
     path = save_model(model, tmp_path / "pets.pth")

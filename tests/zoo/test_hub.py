@@ -314,6 +314,7 @@ FETCH_SNIPPET = ("import sys; from anzoo import hub; "
                  "print(hub.fetch_weights(sys.argv[1], progress=False), flush=True)")
 
 
+@pytest.mark.slow
 def test_two_processes_download_one_entry(http_server, extra_zoo, anzoo_home):
     data = checkpoint_bytes(n=120_000)  # ~480 kB served in ~1.2 s, so the two overlap
     url = http_server.add("/t.pth", data, chunk_size=32 * 1024, chunk_delay=0.08)
