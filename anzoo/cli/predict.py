@@ -95,6 +95,9 @@ def predict(
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Images per forward pass.")] = 1,
     scale: TestScaleOpt = TEST_SCALE,
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="Run an exported --weights FILE.onnx on onnxruntime (what the suffix picks) "
+                          "or openvino.", show_default=False)] = None,
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
@@ -119,8 +122,9 @@ def predict(
             if ctx.is_main:
                 write_failed(out, failures)
             raise typer.Exit(1)
-        predictor = Predictor(base.load_model(model, weights, str(ctx.device) if ctx.distributed else device),
-                              device=ctx.device if ctx.distributed else None, fp16=fp16, batch_size=batch_size,
+        loaded = (base.load_model(model, weights, str(ctx.device) if ctx.distributed else device)
+                  if backend is None else base.load_exported(model, weights or Path(""), backend))
+        predictor = Predictor(loaded, device=ctx.device if ctx.distributed else None, fp16=fp16, batch_size=batch_size,
                               scale=long_short(scale))
         per_image = output_format == OutputFormat.files and not ctx.distributed
         if ctx.is_main:
