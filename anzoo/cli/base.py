@@ -301,13 +301,29 @@ def check_weights_given(model_id: str, weights: Path | None) -> str:
 
 
 def load_model(model_id: str, weights: Path | None, device: str) -> Any:
-    """A zoo model with its released weights (downloaded when needed) or ``weights``."""
+    """A zoo model with its released weights (downloaded when needed) or ``weights``; an
+    ``.onnx`` file exported by ``anzoo export`` runs on ONNX Runtime instead."""
     from ..factory import create_model
 
     if weights is not None and not weights.exists():
         raise AnzooError(f"weights file not found: {weights}")
     check_weights_given(model_id, weights)
+    if weights is not None and weights.suffix.lower() == ".onnx":
+        return load_exported(model_id, weights)
     return create_model(model_id, pretrained=weights if weights is not None else True, device=device)
+
+
+def load_exported(model_id: str, weights: Path, backend: str = "onnxruntime") -> Any:
+    """A file from ``anzoo export``, run by ``backend`` (onnxruntime, openvino)."""
+    from ..export import OnnxDetector
+
+    if weights.suffix.lower() != ".onnx" or not weights.exists():
+        raise AnzooError(f"--backend {backend} runs a file from `anzoo export`: give --weights FILE.onnx")
+    exported = OnnxDetector(weights, backend=backend)
+    if exported.model_id != model_id:
+        raise AnzooError(f"{weights} was exported from {exported.model_id}, not {model_id}: "
+                         f"pass --model {exported.model_id}")
+    return exported
 
 
 def long_short(scale: tuple[int, int]) -> tuple[int, int]:

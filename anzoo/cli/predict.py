@@ -101,6 +101,9 @@ def predict(
     max_pixels: Annotated[int, typer.Option(
         "--max-pixels", min=1, help="Largest image, in pixels (checked from its header, before decoding).")
     ] = DEFAULT_MAX_PIXELS,
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="Run an exported --weights FILE.onnx on onnxruntime (what the suffix picks) "
+                          "or openvino.", show_default=False)] = None,
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
@@ -125,8 +128,9 @@ def predict(
             if ctx.is_main:
                 write_failed(out, failures)
             raise typer.Exit(1)
-        predictor = Predictor(base.load_model(model, weights, str(ctx.device) if ctx.distributed else device),
-                              device=ctx.device if ctx.distributed else None, fp16=fp16, batch_size=batch_size,
+        loaded = (base.load_model(model, weights, str(ctx.device) if ctx.distributed else device)
+                  if backend is None else base.load_exported(model, weights or Path(""), backend))
+        predictor = Predictor(loaded, device=ctx.device if ctx.distributed else None, fp16=fp16, batch_size=batch_size,
                               scale=long_short(scale))
         per_image = output_format == OutputFormat.files and not ctx.distributed
         if ctx.is_main:
