@@ -151,7 +151,8 @@ SCALES = [(name, p) for name, cmd in COMMANDS.items() for p in cmd.params
 
 def test_scale_options_found() -> None:
     assert {(c, p.opts[0]) for c, p in SCALES} == {("predict", "--scale"), ("eval", "--scale"),
-                                                   ("serve", "--scale"), ("train", "--img-scale")}
+                                                   ("serve", "--scale"), ("export", "--scale"),
+                                                   ("train", "--img-scale")}
 
 
 @pytest.mark.parametrize("command,param", SCALES, ids=[f"{c} {p.opts[0]}" for c, p in SCALES])
