@@ -154,7 +154,7 @@ def test_the_service_answers_from_an_exported_file(r50):
 
 
 def _predict_json(folder: Path, *args: str) -> list[dict]:
-    result = runner.invoke(app, ["predict", *args, "--scale", "320", "224", "--out", str(folder)])
+    result = runner.invoke(app, ["predict", *args, "--scale", "320x224", "--out", str(folder)])
     assert result.exit_code == 0, result.output
     return json.loads(next(folder.glob("*.json")).read_text())
 
@@ -167,7 +167,7 @@ def test_cli_export_then_predict_with_the_file(r50, tmp_path, monkeypatch):
         real_load(model_id, weights, device) if weights.suffix == ".onnx" else r50["model"]))
     out = tmp_path / "r50.onnx"
     result = runner.invoke(app, ["export", "r50-bn", "--weights", str(r50["ckpt"]), "--out", str(out),
-                                 "--scale", "320", "224"])
+                                 "--scale", "320x224"])
     assert result.exit_code == 0, result.output
     assert "astronaut" in result.output and "coffee" in result.output and "verified" in result.output
     assert export.read_metadata(out)["checkpoint_sha256"] == sha256_file(r50["ckpt"])
