@@ -183,7 +183,8 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor],
     return out
 
 
-def _listing(title: str, items: list[str], limit: int = 12) -> str:
+def _listing(title: str, items: list[str], limit: int = 3) -> str:
+    """The count and the first few: enough to tell another architecture, short enough to read."""
     shown = ", ".join(items[:limit])
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"{len(items)} {title}: {shown}{more}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import inspect
+import io
 import logging
 import os
 import re
@@ -42,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CacheError, CheckpointError, DownloadError, IntegrityError, OfflineError
-from .zoo import WeightsSpec, get_backbone_entry, get_entry
+from .schema import HF_URL_RE
+from .zoo import WeightsSpec, get_backbone_entry, get_entry, list_backbone_entries, list_entries
 
 __all__ = [
     "ENV_HOME",
@@ -57,6 +59,8 @@ __all__ = [
     "cache_state",
     "import_weights",
     "import_backbone_weights",
+    "pack_cache",
+    "unpack_cache",
     "set_import_validator",
     "sha256_file",
 ]
@@ -147,11 +151,16 @@ class _Item:
         return f"{self.kind} {self.id}"
 
     def command(self, verb: str, *extra: str) -> str:
-        flag = " --backbone" if self.kind == "backbone" else ""
+        flag = " --imagenet" if self.kind == "backbone" else ""
         return " ".join(["anzoo", verb + flag, self.id, *extra])
 
     def manual_url(self, url: str | None = None) -> str | None:
-        return url or (self.weights.manual_url if self.weights is not None else None)
+        link = url or (self.weights.manual_url if self.weights is not None else None)
+        hf = HF_URL_RE.fullmatch(link) if link else None
+        if hf is not None:  # the file's page on the Hub, for a browser
+            endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+            return f"{endpoint}/{hf['repo']}/resolve/{hf['revision'] or 'main'}/{hf['path']}"
+        return link
 
     def by_hand(self, url: str | None = None) -> str:
         """The sentence telling a person how to get the file into the cache themselves."""
@@ -175,7 +184,11 @@ class _Source:
     """One place to download from."""
 
     gdrive_id: str | None = None
-    url: str | None = None
+    url: str | None = None  # http(s)://... or hf://OWNER/REPO/PATH[@REVISION]
+
+    @property
+    def hf(self) -> re.Match[str] | None:
+        return HF_URL_RE.fullmatch(self.url) if self.url else None
 
     def __str__(self) -> str:
         return f"Google Drive file {self.gdrive_id}" if self.gdrive_id else str(self.url)
@@ -183,8 +196,8 @@ class _Source:
 
 def _sources(item: _Item, url: str | None) -> list[_Source]:
     if url is not None:
-        if not re.match(r"^https?://", url):
-            raise DownloadError(f"`url` must be an http(s) URL, got {url!r}")
+        if not (re.match(r"^https?://", url) or HF_URL_RE.fullmatch(url)):
+            raise DownloadError(f"`url` must be an http(s) URL or hf://OWNER/REPO/PATH[@REVISION], got {url!r}")
         return [_Source(url=url)]
     w = item.weights
     assert w is not None
@@ -267,6 +280,10 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 # --------------------------------------------------------------------------- the work
 def _fetch(item: _Item, *, force: bool, url: str | None, progress: bool) -> Path:
     if item.weights is None and url is None:
+        imported = None if force else _state(item).checkpoint
+        if imported is not None:  # a row without released weights, given its checkpoint by `import`
+            _verify(item, imported)
+            return imported
         why = f" ({item.notes})" if item.notes else ""
         raise DownloadError(f"{item.label} has no released weights{why}; give a URL with `url`, "
                             f"or register your own checkpoint with `{item.command('import', 'FILE')}`")
@@ -332,6 +349,8 @@ def _download(item: _Item, *, url: str | None, progress: bool) -> Path:
     message = f"could not fetch the weights of {item.label}: {reasons}. To add them by hand, {item.by_hand(url)}."
     if all(isinstance(exc, IntegrityError) for _, exc in failures):
         raise IntegrityError(message)
+    if all(isinstance(exc, OfflineError) for _, exc in failures):
+        raise OfflineError(message)
     raise DownloadError(message)
 
 
@@ -373,9 +392,12 @@ def _finish(item: _Item, staging: Path, raw: Path, digest: str, *, origin: str,
         checkpoint_digest = digest
     from .checkpoint import read_checkpoint  # torch is only needed once a file is in hand
 
-    read_checkpoint(checkpoint)  # CheckpointError if it does not load (weights_only=True)
-    if validate is not None:
-        validate(item.id, checkpoint)
+    try:
+        read_checkpoint(checkpoint)  # CheckpointError if it does not load (weights_only=True)
+        if validate is not None:
+            validate(item.id, checkpoint)
+    except CheckpointError as exc:  # named as the person knows it, not as staged in the cache
+        raise CheckpointError(str(exc).replace(str(checkpoint), origin)) from None
     _write_sidecar(checkpoint, checkpoint_digest)
     return _publish(item, staging, checkpoint)
 
@@ -583,6 +605,8 @@ def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str
     import gdown.exceptions
     import requests
 
+    if source.hf is not None:
+        return _hf_transfer(source, dest, label=label, progress=progress)
     _check_gdown()
     hasher = hashlib.sha256()
     target = {"id": source.gdrive_id} if source.gdrive_id else {"url": source.url}
@@ -605,6 +629,41 @@ def _transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str
     if not dest.is_file():
         raise DownloadError(f"downloading {source} produced no file")
     return hasher.hexdigest()
+
+
+def _hf_transfer(source: _Source, dest: Path, *, label: str, progress: bool) -> str:
+    """Download an hf:// source with huggingface_hub's downloader (HF_ENDPOINT, HF_TOKEN and
+    HF_HUB_OFFLINE as it reads them, each also read at this call) into ``dest``."""
+    match = source.hf
+    assert match is not None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise OfflineError(f"HF_HUB_OFFLINE is set, so {source} cannot be fetched")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DownloadError(f"{source} needs huggingface_hub: pip install 'anzoo[hf]'") from None
+    with _progress_bar(label, enabled=progress) as report, \
+            tempfile.TemporaryDirectory(prefix=".hf.", dir=dest.parent) as local_dir:
+        try:
+            path = hf_hub_download(match["repo"], match["path"], revision=match["revision"], local_dir=local_dir,
+                                   endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN"),
+                                   etag_timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS | _READ_ONLY_ERRNOS:
+                raise  # the cache, not the source: CacheError
+            raise DownloadError(f"downloading {source} failed ({_hf_reason(exc)})") from None
+        except Exception as exc:  # huggingface_hub's HTTP, repository and revision errors
+            raise DownloadError(f"downloading {source} failed ({_hf_reason(exc)})") from None
+        os.replace(path, dest)
+        if report is not None:
+            report(dest.stat().st_size, dest.stat().st_size)
+    return sha256_file(dest)
+
+
+def _hf_reason(exc: BaseException) -> str:
+    """The first line of huggingface_hub's message (the rest is advice about its own cache)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _network_reason(exc: BaseException) -> str:
@@ -673,3 +732,131 @@ def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int |
     finally:
         if task is not None:
             bar.stop()
+
+
+# --------------------------------------------------------------------------- pack / unpack
+#: the manifest, the archive's first member: each entry's files with their sizes and sha256
+PACK_MANIFEST = "anzoo-cache.json"
+PACK_FORMAT = "anzoo-cache/1"
+#: bounds on what an archive may ask of unpack, checked before anything is written
+_PACK_MAX_MANIFEST, _PACK_MAX_ENTRIES, _PACK_MAX_FILES = 1 << 20, 1000, 100
+_PACK_PATH = re.compile(r"[\w.+-]+(/[\w.+-]+)*")
+
+
+def pack_cache(out: str | os.PathLike[str], model_ids: list[str] | None = None,
+               backbone_ids: list[str] | None = None) -> list[str]:
+    """Write verified cache entries into the tar file ``out`` (atomically), to carry them to a
+    machine without network (:func:`unpack_cache`). No ids at all: every cached entry. Returns
+    the entries packed, as ``'model r50-an'``."""
+    import json
+    import tarfile
+
+    from .fileio import atomic_path
+
+    if model_ids is None and backbone_ids is None:
+        items = [_model_item(e.id) for e in list_entries()] + [_backbone_item(b.id) for b in list_backbone_entries()]
+        items = [item for item in items if _state(item).checkpoint is not None]
+        if not items:
+            raise CacheError(f"the weights cache {cache_dir()} holds nothing to pack")
+    else:
+        items = [_model_item(i) for i in model_ids or []] + [_backbone_item(i) for i in backbone_ids or []]
+    manifest: dict[str, object] = {"format": PACK_FORMAT, "entries": []}
+    for item in items:
+        checkpoint = _state(item).checkpoint
+        if checkpoint is None:
+            raise CacheError(f"the cache holds no weights of {item.label}: `{item.command('download')}` first")
+        _verify(item, checkpoint)
+        files = sorted(p for p in item.folder.rglob("*") if p.is_file())
+        manifest["entries"].append({  # type: ignore[attr-defined]
+            "kind": item.kind, "id": item.id, "checkpoint": checkpoint.relative_to(item.folder).as_posix(),
+            "files": [{"path": p.relative_to(item.folder).as_posix(), "size": p.stat().st_size,
+                       "sha256": sha256_file(p)} for p in files]})
+    data = json.dumps(manifest, indent=1).encode()
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w") as tar:
+        info = tarfile.TarInfo(PACK_MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for item, entry in zip(items, manifest["entries"]):  # type: ignore[call-overload]
+            for f in entry["files"]:
+                tar.add(item.folder / f["path"], arcname=f"{item.kind}s/{item.id}/{f['path']}", recursive=False)
+    return [item.label for item in items]
+
+
+def unpack_cache(archive: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """Put the entries of a :func:`pack_cache` archive into this cache, each file's sha256
+    checked against the manifest (and the checkpoint's against its recorded one) before the
+    entry is published; an entry already cached with the same checkpoint is left as it is.
+    Returns (label, checkpoint path) per entry."""
+    import tarfile
+
+    path = Path(archive)
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise CheckpointError(f"{path} is not an anzoo cache archive (a tar file): {exc}") from None
+    with tar:
+        entries = _read_pack_manifest(tar, path)
+        members = {m.name: m for m in tar.getmembers()}
+        done = []
+        for entry in entries:
+            item = _model_item(entry["id"]) if entry["kind"] == "model" else _backbone_item(entry["id"])
+            done.append((item.label, _unpack_entry(tar, members, item, entry, path)))
+    return done
+
+
+def _read_pack_manifest(tar: object, path: Path) -> list[dict]:
+    import json
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not an anzoo cache archive: {why}")
+
+    member = tar.next()  # type: ignore[attr-defined]
+    if member is None or member.name != PACK_MANIFEST or not member.isfile() or member.size > _PACK_MAX_MANIFEST:
+        raise bad(f"its first member must be {PACK_MANIFEST}")
+    try:
+        manifest = json.loads(tar.extractfile(member).read())  # type: ignore[attr-defined]
+        entries = manifest["entries"]
+        assert manifest["format"] == PACK_FORMAT and isinstance(entries, list) and len(entries) <= _PACK_MAX_ENTRIES
+        for entry in entries:
+            assert entry["kind"] in ("model", "backbone") and isinstance(entry["id"], str)
+            assert isinstance(entry["files"], list) and 0 < len(entry["files"]) <= _PACK_MAX_FILES
+            for f in entry["files"]:
+                assert _PACK_PATH.fullmatch(f["path"]) and ".." not in f["path"].split("/")
+                assert isinstance(f["size"], int) and f["size"] >= 0 and re.fullmatch(r"[0-9a-f]{64}", f["sha256"])
+            assert entry["checkpoint"] in {f["path"] for f in entry["files"]}
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise bad(f"{PACK_MANIFEST} is malformed") from None
+    return entries
+
+
+def _unpack_entry(tar: object, members: dict, item: _Item, entry: dict, path: Path) -> Path:
+    files = {f["path"]: f for f in entry["files"]}
+    wanted = files[entry["checkpoint"]]["sha256"]
+    with _cache_errors(item), _locked(item) as writable:
+        if not writable:
+            raise CacheError(f"the weights cache {item.root} is read-only: set {ENV_HOME} to a folder you can write to")
+        _remove_leftovers(item)
+        held = _state(item)
+        if held.checkpoint is not None and held.sha256 == wanted:
+            _verify(item, held.checkpoint)
+            return held.checkpoint
+        with _staging(item) as staging:
+            for name, f in files.items():
+                member = members.get(f"{item.kind}s/{item.id}/{name}")
+                if member is None or not member.isfile() or member.size != f["size"]:
+                    raise CheckpointError(f"{path}: {item.label}'s file {name} is missing or not as listed")
+                target = staging / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with tar.extractfile(member) as src, open(target, "wb") as dst:  # type: ignore[attr-defined]
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                if digest.hexdigest() != f["sha256"]:
+                    raise IntegrityError(f"{path}: {item.label}'s file {name} does not match its sha256 "
+                                         f"(damaged in transit?); nothing was unpacked for it")
+            checkpoint = staging / entry["checkpoint"]
+            if _read_sidecar(checkpoint.with_name(checkpoint.name + _SIDECAR_SUFFIX)) != wanted:
+                raise IntegrityError(f"{path}: {item.label}'s checkpoint does not match its recorded sha256")
+            return _publish(item, staging, checkpoint)
+

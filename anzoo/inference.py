@@ -75,6 +75,12 @@ class Predictor:
             raise ValueError(f"mask_paste must be one of {MASK_PASTE_MODES}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if getattr(model, "runtime", "torch") != "torch":
+            # an exported file (anzoo.export.OnnxDetector) runs on its own runtime, on the CPU
+            if precision != "fp32" or fp16 or channels_last or str(device) not in ("None", "auto", "cpu"):
+                raise AnzooError(f"an exported model runs on {model.runtime} on the CPU: "
+                                 f"no `precision='{precision}'`, `fp16`, `channels_last` or `device='{device}'`")
+            device, fold_norms = "cpu", False  # its graph is fixed
         self.device = next(model.parameters()).device if device is None else resolve_device(device)
         if fp16 is not None:
             precision = precision_from_fp16(fp16, self.device)

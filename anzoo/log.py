@@ -6,6 +6,7 @@ script) calls :func:`setup_logging` once to decide what is shown.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,6 +63,10 @@ class Progress:
         self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
+        # the rate's clock runs from here, not from the first update (the bar's appearance):
+        # the work before the first update (a DataLoader's first batch) counts, as in a summary
+        self._t0 = time.perf_counter()
+        self._t_end: float | None = None
 
     def _start(self) -> None:
         from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, ProgressColumn,
@@ -69,13 +74,13 @@ class Progress:
         from rich.progress import Progress as RichProgress
         from rich.text import Text
 
-        unit = self.unit
+        unit, progress = self.unit, self
 
         class Rate(ProgressColumn):
-            # the average since the start: the final figure then agrees with a summary line
+            # the average since the bar was made: the final figure then agrees with a summary line
             def render(self, task: Any) -> Text:
-                elapsed = task.finished_time if task.finished else task.elapsed
-                if not elapsed or not task.completed:
+                elapsed = (progress._t_end or time.perf_counter()) - progress._t0
+                if elapsed <= 0 or not task.completed:
                     return Text(f"-- {unit}/s")
                 return Text(f"{task.completed / elapsed:.2f} {unit}/s")
 
@@ -105,6 +110,7 @@ class Progress:
                          description=description, **fields)
 
     def close(self) -> None:
+        self._t_end = time.perf_counter()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

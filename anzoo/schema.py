@@ -99,6 +99,8 @@ _SCHEDULE_RE = re.compile(r"^[0-9]+(x|e)$")  # '1x', '2x' (12-epoch units) or '2
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _GDRIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{10,}$")
 _URL_RE = re.compile(r"^https?://[^\s/]+")
+#: a file on the Hugging Face Hub: hf://OWNER/REPO/PATH[@REVISION] (fetched by huggingface_hub)
+HF_URL_RE = re.compile(r"hf://(?P<repo>[\w.-]+/[\w.-]+)/(?P<path>[^@\s]+?)(?:@(?P<revision>[\w./-]+))?")
 
 
 class EntryReader:
@@ -244,8 +246,8 @@ class EntryReader:
         return WeightsSpec(gdrive_id=gdrive_id, url=url, sha256=sha, mirrors=tuple(mirrors), filename=filename)
 
     def _check_url(self, name: str, url: Any) -> None:
-        if not isinstance(url, str) or not _URL_RE.match(url):
-            self.fail(name, f"{url!r} is not an http(s) URL")
+        if not isinstance(url, str) or not (_URL_RE.match(url) or HF_URL_RE.fullmatch(url)):
+            self.fail(name, f"{url!r} is not an http(s) URL nor hf://OWNER/REPO/PATH[@REVISION]")
 
 
 #: how a field's value is read from a zoo file: ``read(reader, field_name)``

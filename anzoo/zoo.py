@@ -158,21 +158,32 @@ def _load_zoo(stamps: tuple[tuple[str, int, int], ...]) -> Zoo:
 
 # --------------------------------------------------------------------------- queries
 def _unknown(kind: str, ident: str, known: Iterable[str]) -> UnknownModelError:
-    known = list(known)
-    close = difflib.get_close_matches(ident, known, n=3, cutoff=0.5)
+    """The error for an id that is not in the zoo, with the closest ids, the closest first
+    (compared without case, as ids are looked up)."""
+    by_folded = {k.casefold(): k for k in known}
+    folded = ident.casefold()
+    close = difflib.get_close_matches(folded, by_folded, n=3, cutoff=0.5)
     if not close:  # e.g. 'aognet40m' -> the ids that start with it
-        close = [k for k in known if k.startswith(ident) or ident in k][:3]
-    hint = (f"; did you mean {', '.join(close)}?" if close
+        close = [k for k in by_folded if k.startswith(folded) or folded in k][:3]
+    hint = (f"; did you mean {', '.join(by_folded[k] for k in close)}?" if close
             else "; run `anzoo list` to see the ids")
     return UnknownModelError(f"unknown {kind} {ident!r}{hint}")
 
 
+def _lookup(kind: str, ident: str, table: dict[str, Any]) -> Any:
+    """``table[ident]``, ids compared without case (``R50-BN`` is ``r50-bn``)."""
+    if ident in table:
+        return table[ident]
+    folded = ident.casefold()
+    for key, value in table.items():
+        if key.casefold() == folded:
+            return value
+    raise _unknown(kind, ident, table)
+
+
 def get_entry(model_id: str) -> ZooEntry:
-    """The zoo entry of a detector id; UnknownModelError (with the closest ids) otherwise."""
-    models = load_zoo().models
-    if model_id not in models:
-        raise _unknown("model", model_id, models)
-    return models[model_id]
+    """The zoo entry of a detector id (any case); UnknownModelError (with the closest ids) otherwise."""
+    return _lookup("model", model_id, load_zoo().models)
 
 
 def list_entries(detector: str | None = None, backbone: str | None = None) -> list[ZooEntry]:
@@ -186,10 +197,8 @@ def list_entries(detector: str | None = None, backbone: str | None = None) -> li
 
 
 def get_backbone_entry(backbone_id: str) -> BackboneEntry:
-    backbones = load_zoo().backbones
-    if backbone_id not in backbones:
-        raise _unknown("backbone", backbone_id, backbones)
-    return backbones[backbone_id]
+    """The entry of an ImageNet backbone id (any case); UnknownModelError otherwise."""
+    return _lookup("backbone", backbone_id, load_zoo().backbones)
 
 
 def list_backbone_entries(backbone: str | None = None) -> list[BackboneEntry]:

@@ -41,3 +41,15 @@ def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="kind"):
         with log.progress_bar("x", kind="percent"):
             pass
+
+
+def test_the_rate_counts_the_time_before_the_first_update(captured: Console) -> None:
+    """The bar's final rate is the mean since the bar was made, as in eval's summary line (which
+    counts the first batch's wait), not since it appeared at the first update."""
+    import time
+
+    with log.progress_bar("r50-bn", 10, unit="images") as bar:
+        time.sleep(0.5)  # the first batch: DataLoader workers starting, the first forward pass
+        bar.update(advance=10)
+    rate = float(captured.export_text().split(" images/s")[0].split()[-1])
+    assert 10 <= rate <= 20.5, rate  # 10 images in 0.5 s (and a little more), never 10 / 0.001 s

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..data.defaults import DEFAULT_MAX_PIXELS
 from ..data.sources import LoadedSource, Source, SourceWindows, build_source_loader
 from ..distributed import DistContext
 from ..fileio import atomic_write_bytes
@@ -81,7 +82,8 @@ def predict_bulk(predictor: Predictor, sources: Sequence[Source], out_dir: str |
                  resume: bool = False, ctx: DistContext | None = None,
                  input_failures: Sequence[tuple[str, str]] = (), fingerprint: Mapping[str, Any] | None = None,
                  window: int | None = None, post_threads: int | None = None, progress: bool = True,
-                 on_image: Callable[[ImageDone], None] | None = None) -> BulkResult:
+                 on_image: Callable[[ImageDone], None] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> BulkResult:
     """Predict ``sources`` (every process passes the same list) and write ``fmt``'s outputs to
     ``out_dir`` (:mod:`anzoo.bulk.outputs`); with ``render``, a PNG of the masks per image.
 
@@ -94,6 +96,8 @@ def predict_bulk(predictor: Predictor, sources: Sequence[Source], out_dir: str |
         window: consecutive sources read by one worker and batched together (default 16, at
             least 4 batches).
         on_image: called in this process for each of its images when done.
+        max_pixels: an image of more pixels is that image's failure, found from its header
+            before it is decoded.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
@@ -102,7 +106,7 @@ def predict_bulk(predictor: Predictor, sources: Sequence[Source], out_dir: str |
                    fmt=fmt, render=render, score_thr=score_thr, workers=workers, resume=resume,
                    ctx=ctx or DistContext(device=predictor.device), input_failures=list(input_failures),
                    extra=dict(fingerprint or {}), window=window or max(16, 4 * predictor.batch_size),
-                   post_threads=post_threads, progress=progress, on_image=on_image)
+                   post_threads=post_threads, progress=progress, on_image=on_image, max_pixels=max_pixels)
     try:
         return run.run()
     finally:
@@ -135,6 +139,7 @@ class _BulkRun:
     post_threads: int | None
     progress: bool
     on_image: Callable[[ImageDone], None] | None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     held: ExitStack = field(default_factory=ExitStack)  # the folder's lock, on rank 0
 
     def run(self) -> BulkResult:
@@ -166,7 +171,8 @@ class _BulkRun:
     def _infer(self, windows: list[list[int]], run_token: str) -> tuple[int, float, list[tuple[int, str]]]:
         """Predict and write this process's windows: (images done, seconds, failures)."""
         total = sum(len(w) for w in windows)
-        dataset = SourceWindows(self.sources, windows, scale=self.predictor.scale, keep_images=self.render)
+        dataset = SourceWindows(self.sources, windows, scale=self.predictor.scale, keep_images=self.render,
+                                max_pixels=self.max_pixels)
         loader = build_source_loader(dataset, self.workers)
         threads = self.post_threads or max(1, min(4, (os.cpu_count() or 2) // (2 * self.ctx.world_size)))
         writer = self.parts.writer(run_token, self.ctx.rank)

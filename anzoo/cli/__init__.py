@@ -7,8 +7,9 @@ written as the flags that set them: :func:`as_flags`) and the error's exit code 
 traceback), and Ctrl-C into exit code 130. One module per command (or family of commands):
 
 * :mod:`.base` - the typer ``app``, :func:`command`, output helpers, shared option types;
-* :mod:`.zoo_commands` - ``list``, ``info``, ``download``, ``import``;
-* :mod:`.predict`, :mod:`.evaluate`, :mod:`.serve`, :mod:`.train` - one command each.
+* :mod:`.zoo_commands` - ``list``, ``info``, ``download``, ``import``, ``pack``, ``unpack``;
+* :mod:`.predict`, :mod:`.evaluate`, :mod:`.serve`, :mod:`.train`, :mod:`.export`, :mod:`.synth`
+  (``synth-coco``) - one command each.
 
 Add a command as a function in a module of its own, decorated with
 :func:`~anzoo.cli.base.command`, using the shared option types (``ModelIdArg``, ``JsonOpt``,
@@ -17,7 +18,7 @@ Add a command as a function in a module of its own, decorated with
 from __future__ import annotations
 
 # Importing a command module registers its commands on the app, in the order `--help` lists them.
-from . import zoo_commands, predict, evaluate, serve, train  # noqa: F401,E402  isort: skip
+from . import zoo_commands, predict, evaluate, serve, train, export, synth  # noqa: F401,E402  isort: skip
 from .base import app, command, main
 
 __all__ = ["app", "command", "main"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,11 +13,14 @@ from rich.table import Table
 from ..data.defaults import TEST_SCALE
 from ..errors import AnzooError
 from .base import (
-    SCALE_MAX,
-    SCALE_MIN,
+    DeviceOpt,
     Fp16Opt,
     JsonOpt,
     PrecisionOpt,
+    TestScaleOpt,
+    check_weights_given,
+    default_workers,
+    fail,
     long_short,
     precision_flag,
     command,
@@ -28,29 +30,21 @@ from .base import (
 )
 
 
-class EvalDevice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def _check_eval_options(model_id: str | None, all_: bool, weights: Path | None) -> None:
-    """The option combinations eval refuses, before anything is read."""
+def _check_eval_options(model_id: str | None, all_: bool, weights: Path | None) -> str | None:
+    """The option combinations eval refuses, before anything is read; the model id as the zoo
+    spells it."""
     if all_ and model_id:
         raise typer.BadParameter("give a model id or --all, not both")
     if not all_ and not model_id:
         raise typer.BadParameter("give a model id (see `anzoo list`), or --all")
     if all_ and weights is not None:
         raise typer.BadParameter("--weights needs a single model id, not --all")
-    if model_id:
-        from ..zoo import get_entry
-
-        get_entry(model_id)  # an unknown id fails before anything is read
+    return check_weights_given(model_id, weights) if model_id else None  # an unknown id fails here
 
 
-def _check_gpus(gpus: int, device: EvalDevice) -> None:
+def _check_gpus(gpus: int, device: str) -> None:
     """--gpus N on CUDA needs N GPUs here."""
-    if device != EvalDevice.cpu:
+    if device != "cpu":
         import torch
 
         available = torch.cuda.device_count()
@@ -68,8 +62,8 @@ def _eval_argv(model_id: str | None, options: dict[str, Any]) -> list[str]:
             continue
         if value is True:
             argv.append(flag)
-        elif isinstance(value, tuple):
-            argv += [flag, *(str(v) for v in value)]
+        elif isinstance(value, tuple):  # a Scale
+            argv += [flag, "x".join(str(v) for v in value)]
         else:
             argv += [flag, str(value)]
     return argv
@@ -124,14 +118,13 @@ def eval_(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", "-b", min=1, help="Images per forward pass (same padded size only, so results do not "
                                           "change; default: 1 on CPU, 4 on CUDA).", show_default=False)] = None,
-    workers: Annotated[int, typer.Option(
-        "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images.")] = 4,
-    device: Annotated[EvalDevice, typer.Option("--device", help="Where the model runs.")] = EvalDevice.auto,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images (default: 4, at "
+                                       "most the CPUs per process).", show_default=False)] = None,
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     fp16: Fp16Opt = False,
-    scale: Annotated[tuple[int, int], typer.Option(
-        "--scale", min=SCALE_MIN, max=SCALE_MAX,
-        help="Test scale LONG SHORT: longest and shortest side limits.")] = TEST_SCALE,
+    scale: TestScaleOpt = TEST_SCALE,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its partial results in --out.")] = False,
     all_: Annotated[bool, typer.Option(
@@ -145,17 +138,18 @@ def eval_(
     from ..distributed import launched_by_torchrun, process_rank, run_under_torchrun
     from ..evaluation import evaluate_zoo, evaluate_zoo_model, resolve_coco_files
 
-    _check_eval_options(model_id, all_, weights)
-    precision = precision_flag(precision, fp16, device.value)
+    model_id = _check_eval_options(model_id, all_, weights)
+    precision = precision_flag(precision, fp16, device)
     files = resolve_coco_files(coco, ann, images)
     options: dict[str, Any] = {"limit": limit, "batch_size": batch_size, "workers": workers,
-                               "device": device.value, "precision": precision, "scale": long_short(scale),
+                               "device": device, "precision": precision, "scale": long_short(scale),
                                "resume": resume}
     if gpus > 1 and not launched_by_torchrun():
         _check_gpus(gpus, device)
         raise typer.Exit(run_under_torchrun(gpus, _eval_argv(model_id, {
             "coco": coco, "ann": ann, "images": images, "weights": weights, "out": out, **options, "all": all_,
             "json": as_json})))
+    options["workers"] = default_workers(4) if workers is None else workers  # per process, under torchrun too
     if process_rank() > 0:  # one process speaks for all
         logging.getLogger("anzoo").setLevel(logging.WARNING)
     if all_:
@@ -167,7 +161,12 @@ def eval_(
                 raise typer.Exit(1)
         return
     assert model_id is not None
-    result = evaluate_zoo_model(model_id, files, out or Path("anzoo-eval") / model_id, weights=weights, **options)
+    out = out or Path("anzoo-eval") / model_id
+    try:
+        result = evaluate_zoo_model(model_id, files, out, weights=weights, **options)
+    except KeyboardInterrupt:
+        fail(f"interrupted; the images done so far are kept in {out / 'partial'}: run the same command "
+             "with --resume to continue where it stopped", 130)
     if process_rank() == 0:
         _print_eval(result, as_json)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from ..data.defaults import TEST_SCALE
+from ..data.defaults import DEFAULT_MAX_PIXELS, TEST_SCALE
 from ..errors import AnzooError
 from ..zoo import DEFAULT_MODEL
 from . import base
@@ -43,7 +43,10 @@ def _sources(inputs: list[str], recursive: bool, every: int, demo: str | None, o
     if demo is not None:
         from ..data.demo import save_demo_image
 
-        demo_sources, _ = expand_inputs([str(save_demo_image(demo, out / "inputs" / f"{demo}.png"))])
+        from ..hub import cache_dir
+
+        # into the cache, not under --out: a run that fails leaves nothing in the output folder
+        demo_sources, _ = expand_inputs([str(save_demo_image(demo, cache_dir() / "demo" / f"{demo}.png"))])
         sources += [s for s in demo_sources if s.path not in {t.path for t in sources}]
     if not sources and not failures:
         raise AnzooError("no images given: pass image or video files, folders, globs or @list.txt "
@@ -98,6 +101,12 @@ def predict(
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Images per forward pass.")] = 1,
     scale: TestScaleOpt = TEST_SCALE,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, help="Largest image, in pixels (checked from its header, before decoding).")
+    ] = DEFAULT_MAX_PIXELS,
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="Run an exported --weights FILE.onnx on onnxruntime (what the suffix picks) "
+                          "or openvino.", show_default=False)] = None,
     demo: Annotated[Optional[str], typer.Option(
         "--demo", help="Also segment a public-domain demo photo shipped with scikit-image "
                        "(astronaut, coffee, chelsea, rocket, camera).", show_default=False)] = None,
@@ -123,8 +132,9 @@ def predict(
             if ctx.is_main:
                 write_failed(out, failures)
             raise typer.Exit(1)
-        predictor = Predictor(base.load_model(model, weights, str(ctx.device) if ctx.distributed else device),
-                              device=ctx.device if ctx.distributed else None, precision=precision,
+        loaded = (base.load_model(model, weights, str(ctx.device) if ctx.distributed else device)
+                  if backend is None else base.load_exported(model, weights or Path(""), backend))
+        predictor = Predictor(loaded, device=ctx.device if ctx.distributed else None, precision=precision,
                               batch_size=batch_size,
                               scale=long_short(scale))
         per_image = output_format == OutputFormat.files and not ctx.distributed
@@ -134,7 +144,7 @@ def predict(
             predictor, sources, out, fmt=output_format.value, render=render, score_thr=score_thr, workers=workers,
             resume=resume, ctx=ctx, input_failures=failures, progress=not per_image,
             fingerprint={"model_id": model, "weights": str(weights.resolve()) if weights else "release"},
-            on_image=_print_image if per_image else None)
+            on_image=_print_image if per_image else None, max_pixels=max_pixels)
     finally:
         ctx.close()
     if ctx.is_main:

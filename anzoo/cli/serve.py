@@ -100,8 +100,9 @@ def serve(
     from ..server.app import API_KEY_ENV, ServeSettings, create_app
     from ..server.replicas import parse_devices
     from ..server.runner import check_listen_address
+    from ..zoo import get_entry
 
-    model_ids = list(dict.fromkeys(models or [DEFAULT_MODEL]))
+    model_ids = list(dict.fromkeys(get_entry(m).id for m in models or [DEFAULT_MODEL]))  # as the zoo spells them
     if weights is not None and len(model_ids) != 1:
         raise typer.BadParameter("--weights needs exactly one --model")
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,

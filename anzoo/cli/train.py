@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.defaults import TRAIN_SCALE
-from .base import SCALE_MAX, TRAIN_SCALE_MIN, DeviceOpt, ModelIdArg, command, console
+from .base import (TRAIN_SCALE_MIN, DeviceOpt, ModelIdArg, Scale, command, console, default_workers,
+                   scale_option)
 
 
 # The options, one per line in the command below.
@@ -28,9 +29,7 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -
 MaxItersOpt = Annotated[Optional[int], typer.Option(
         "--max-iters", min=1, help="Stop after this many iterations in all (a checkpoint is written).",
         show_default=False)]
-ImgScaleOpt = Annotated[tuple[int, int], typer.Option(
-        "--img-scale", min=TRAIN_SCALE_MIN, max=SCALE_MAX,
-        help="Training resize: longest and shortest side limits.")]
+ImgScaleOpt = Annotated[Scale, scale_option("--img-scale", "Training resize", TRAIN_SCALE, TRAIN_SCALE_MIN)]
 EvalEveryOpt = Annotated[int, typer.Option(
         "--eval-every", min=0, help="Evaluate on the val2017 pair every K epochs (0: never).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and sampling.")]
@@ -52,7 +51,9 @@ ValImagesOpt = Annotated[Optional[Path], typer.Option(
 FromOpt = Annotated[Optional[str], typer.Option(
         "--from", help="Fine-tune from a zoo model's released weights (its id) or a checkpoint file; "
                        "class-specific layers start afresh when the classes differ.", show_default=False)]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Data-loading processes per GPU.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+        "--workers", min=0, help="Data-loading processes per GPU (default: 2, at most the CPUs per process).",
+        show_default=False)]
 KeepCheckpointsOpt = Annotated[int, typer.Option(
         "--keep-checkpoints", min=0, help="Keep only the N newest epoch checkpoints (0: all).")]
 WarmupItersOpt = Annotated[int, typer.Option("--warmup-iters", min=0, help="Linear warm-up iterations.")]
@@ -93,7 +94,7 @@ def train_cmd(
     val_ann: ValAnnOpt = None,
     val_images: ValImagesOpt = None,
     from_: FromOpt = None,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = None,
     keep_checkpoints: KeepCheckpointsOpt = 0,
     warmup_iters: WarmupItersOpt = 500,
     rpn_proposals: RpnProposalsOpt = None,
@@ -111,18 +112,26 @@ def train_cmd(
     if coco is None and train_ann is None and not resume:  # a resumed run knows its data
         raise typer.BadParameter("give --coco DIR, or --train-ann FILE --train-images DIR")
     from ..training import TrainConfig, train
+    from ..zoo import get_entry
+
+    model_id = get_entry(model_id).id  # as the zoo spells it: --resume compares it with the run's
 
     config = TrainConfig(
         model_id=model_id, work_dir=work_dir, coco_dir=coco, train_ann=train_ann, train_images=train_images,
         val_ann=val_ann, val_images=val_images, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
         resume=resume, max_iters=max_iters, img_scale=(max(img_scale), min(img_scale)), eval_every=eval_every,
         seed=seed, device=device, backbone_weights=backbone_weights,
-        pretrained_backbone=not no_pretrained_backbone, from_model=from_, num_workers=workers,
+        pretrained_backbone=not no_pretrained_backbone, from_model=from_,
+        num_workers=default_workers(2) if workers is None else workers,
         keep_checkpoints=keep_checkpoints,
         warmup_iters=warmup_iters, rpn_proposals=rpn_proposals, rcnn_samples=rcnn_samples,
         log_every=log_every, progress=progress, tensorboard=tensorboard, strict_data=strict_data)
     result = train(config)
-    if result.final_model is not None:
+    if result.already_finished:
+        console.print(f"{model_id}: already finished after {result.iterations} iterations ({result.epochs_completed}/"
+                      f"{result.total_epochs} epochs) in {work_dir}; nothing to do; model: {result.final_model}",
+                      highlight=False)
+    elif result.final_model is not None:
         state = "stopped early" if result.stopped_early else "done"
         console.print(f"{model_id}: {state} after {result.iterations} iterations "
                       f"({result.epochs_completed}/{result.total_epochs} epochs); model: {result.final_model}",

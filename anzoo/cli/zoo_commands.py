@@ -1,4 +1,4 @@
-"""``anzoo list``, ``info``, ``download`` and ``import``: the zoo and its weights cache."""
+"""``anzoo list``, ``info``, ``download``, ``import``, ``pack`` and ``unpack``: the zoo and its weights cache."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +13,8 @@ from ..log import stderr_console
 from ..schema import BackboneEntry, Detector, ZooEntry
 from .base import (
     BackboneChoice,
-    BackboneFlagOpt,
     ForceOpt,
+    ImagenetOpt,
     JsonOpt,
     ModelIdArg,
     format_number,
@@ -82,9 +82,10 @@ def list_models(
     if as_json:
         print_json([_entry_json(e) for e in entries])
         return
+    quoted = "; weights 'none': numbers quoted from the GN / SN papers, no weights released"
     table = Table(title="anzoo models (COCO val2017)", title_justify="left",
-                  caption=f"default model: {zoo.DEFAULT_MODEL}; weights 'none': numbers quoted from "
-                          "the GN / SN papers, no weights released",
+                  caption=f"default model: {zoo.DEFAULT_MODEL}"
+                          f"{quoted if any(not e.has_weights for e in entries) else ''}",
                   caption_justify="left")
     table.add_column("id", no_wrap=True)
     for col, justify in [("detector", "left"), ("backbone", "left"), ("backbone norm", "left"),
@@ -122,11 +123,11 @@ def _info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @command("info")
-def info(model_id: ModelIdArg, backbone: BackboneFlagOpt = False, as_json: JsonOpt = False) -> None:
+def info(model_id: ModelIdArg, imagenet: ImagenetOpt = False, as_json: JsonOpt = False) -> None:
     """Show everything about one model: its numbers, sources, papers and cache state."""
     from .. import zoo
 
-    data = _entry_json(zoo.get_backbone_entry(model_id) if backbone else zoo.get_entry(model_id))
+    data = _entry_json(zoo.get_backbone_entry(model_id) if imagenet else zoo.get_entry(model_id))
     if as_json:
         print_json(data)
         return
@@ -146,8 +147,9 @@ def download(
     all_: Annotated[bool, typer.Option("--all", help="Fetch every entry that has weights.")] = False,
     force: ForceOpt = False,
     url: Annotated[str | None, typer.Option(
-        "--url", help="Fetch from this http(s) URL instead of the zoo's sources (one id only).")] = None,
-    backbone: BackboneFlagOpt = False,
+        "--url", help="Fetch from this http(s) URL or hf://OWNER/REPO/PATH[@REVISION] instead of the zoo's "
+                      "sources (one id only).")] = None,
+    imagenet: ImagenetOpt = False,
 ) -> None:
     """Fetch weights into the cache ($ANZOO_HOME, default ~/.cache/anzoo)."""
     from .. import hub, zoo
@@ -158,7 +160,7 @@ def download(
     if url and (all_ or len(ids) != 1):
         raise typer.BadParameter("--url needs exactly one model id")
     if all_:
-        entries = zoo.list_backbone_entries() if backbone else zoo.list_entries()
+        entries = zoo.list_backbone_entries() if imagenet else zoo.list_entries()
         skipped = [e.id for e in entries if not e.has_weights]
         if skipped:
             stderr_console().print(f"skipping (no released weights): {', '.join(skipped)}",
@@ -166,7 +168,7 @@ def download(
         ids = [e.id for e in entries if e.has_weights]
     if not ids:
         raise typer.BadParameter("give at least one model id, or --all")
-    fetch = hub.fetch_backbone_weights if backbone else hub.fetch_weights
+    fetch = hub.fetch_backbone_weights if imagenet else hub.fetch_weights
     exit_code = 0
     for ident in ids:
         try:
@@ -185,15 +187,45 @@ def import_(
     model_id: ModelIdArg,
     file: Annotated[Path, typer.Argument(help="Checkpoint file (or zip archive) obtained by hand.",
                                          show_default=False)],
-    backbone: BackboneFlagOpt = False,
+    imagenet: ImagenetOpt = False,
 ) -> None:
     """Check a checkpoint downloaded by hand and put it into the cache."""
     from .. import hub
     from ..factory import check_backbone_checkpoint_fits, check_checkpoint_fits
 
-    if backbone:
+    if imagenet:
         path = hub.import_backbone_weights(model_id, file, validate=check_backbone_checkpoint_fits)
     else:
         path = hub.import_weights(model_id, file, validate=check_checkpoint_fits)
     console.print(f"{model_id}: {path}", highlight=False)
 
+
+
+@command("pack")
+def pack(
+    out: Annotated[Path, typer.Argument(help="The tar file to write.", show_default=False)],
+    ids: Annotated[list[str] | None, typer.Argument(
+        help="Model ids to pack (with --imagenet: backbone ids; default: everything cached).",
+        show_default=False)] = None,
+    imagenet: ImagenetOpt = False,
+) -> None:
+    """Pack verified cache entries into a tar file, for a machine without network (`anzoo unpack`)."""
+    from .. import hub
+
+    if not ids:
+        packed = hub.pack_cache(out)  # everything cached, detectors and backbones
+    elif imagenet:
+        packed = hub.pack_cache(out, backbone_ids=ids)
+    else:
+        packed = hub.pack_cache(out, model_ids=ids)
+    console.print(f"{out}: {', '.join(packed)}", highlight=False)
+
+
+@command("unpack")
+def unpack(archive: Annotated[Path, typer.Argument(help="A tar file written by `anzoo pack`.", show_default=False)]
+           ) -> None:
+    """Put the entries of an `anzoo pack` archive into the cache, each file's sha256 checked."""
+    from .. import hub
+
+    for label, path in hub.unpack_cache(archive):
+        console.print(f"{label}: {path}", highlight=False)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,9 @@ def _check_file(path: Path, label: str) -> Path:
 def _open_pil(fh, label: str) -> Image.Image:
     start = fh.tell()
     try:
-        return Image.open(fh, formats=ACCEPTED_FORMATS)
+        with warnings.catch_warnings():  # the size is checked against max_pixels, with a clear message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fh, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{label}: image too large to decode safely ({exc})") from exc
     except Image.UnidentifiedImageError as exc:

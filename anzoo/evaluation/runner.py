@@ -222,7 +222,7 @@ def evaluate_model(model: TwoStageDetector, ann_file: str | os.PathLike[str], im
         result = evaluate(model, ann_file, image_dir, out, limit=max_images, scale=scale, device=device,
                           batch_size=batch_size, workers=workers, progress=False, expected={},
                           distributed=distributed, coco=coco)
-    metrics = {"images": float(result.num_images)}
+    metrics: dict[str, float] = {"images": result.num_images}  # a count: an integer in metrics.jsonl
     for iou_type in IOU_TYPES:
         for name in METRIC_NAMES:
             metrics[f"{iou_type}_{name.lower()}"] = result.metrics[iou_type][name]
@@ -312,13 +312,13 @@ class _Evaluation:
         threads = self.post_threads or max(1, min(8, (os.cpu_count() or 2) // (2 * self.ctx.world_size)))
         max_in_flight = 2 * threads + 1
         writer = self.store.writer(run_token, self.ctx.rank)
-        start = time.perf_counter()
         done = 0
         mismatched: list[int] = []
         batches = iter(loader)  # DataLoader workers fork here, before any thread below exists
         pool = ThreadPoolExecutor(threads, thread_name_prefix="anzoo-eval-post")
         in_flight: collections.deque[Future[int]] = collections.deque()
         local = threading.local()
+        start = time.perf_counter()  # the progress bar's clock starts here too: the same rate
         try:
             with progress_bar(self._label(), total, unit="images", enabled=self.progress and self.ctx.is_main) as bar:
                 for batch in raise_worker_errors_plainly(batches):

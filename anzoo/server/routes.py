@@ -143,3 +143,9 @@ async def metrics_route(request: Request, service: Service) -> Response:
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    """For clients that ask for /favicon.ico without reading the page's <link rel="icon">."""
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")

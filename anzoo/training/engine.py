@@ -95,6 +95,8 @@ class TrainResult:
     skipped_images: list[dict[str, Any]] = field(default_factory=list)
     #: the trained detector (not DDP-wrapped), in training mode.
     model: TwoStageDetector | None = None
+    #: --resume of a run that had already finished: nothing was trained or written.
+    already_finished: bool = False
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -145,8 +147,14 @@ def _train(config: TrainConfig, work_dir: Path, info: DistContext) -> TrainResul
     if config.batch_size < 1:
         raise AnzooError(f"--batch-size must be at least 1, got {config.batch_size}")
     entry = zoo.get_entry(config.model_id)
-    data = _load_data(config)
     total_epochs, steps = schedule_epochs(entry.schedule, config.epochs)
+    if resume_state is not None and _finished(resume_state, total_epochs, config.max_iters, work_dir):
+        log.info("the run in %s is already finished (%d/%d epochs, %d iterations): nothing to do",
+                 work_dir, int(resume_state["epoch"]), total_epochs, int(resume_state["iteration"]))
+        return TrainResult(work_dir=work_dir, final_model=work_dir / FINAL_MODEL, latest_checkpoint=work_dir / LATEST,
+                           iterations=int(resume_state["iteration"]), epochs_completed=int(resume_state["epoch"]),
+                           total_epochs=total_epochs, stopped_early=False, already_finished=True)
+    data = _load_data(config)
     total_batch = config.batch_size * info.world_size
     base_lr = float(config.lr) if config.lr is not None else scaled_lr(total_batch)
     schedule = LRSchedule(base_lr, steps, warmup_iters=config.warmup_iters, warmup_ratio=config.warmup_ratio)
@@ -238,6 +246,13 @@ def _build_trainer(config: TrainConfig, info: DistContext, dataset: CocoTrainDat
                       start=start, wrapped=wrapped)
     trainer.skipped_images = skipped_images
     return trainer
+
+
+def _finished(state: dict[str, Any], total_epochs: int, max_iters: int | None, work_dir: Path) -> bool:
+    """Whether a resumed run has nothing left to do: its epochs (or --max-iters) are done and
+    its final model is written (a run stopped between the two finishes that step)."""
+    done = int(state["epoch"]) >= total_epochs or (max_iters is not None and int(state["iteration"]) >= max_iters)
+    return done and (work_dir / FINAL_MODEL).is_file()
 
 
 def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

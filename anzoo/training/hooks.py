@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from ..errors import DatasetError
+from ..evaluation.metrics import SHOWN_METRICS
 from ..fileio import atomic_path
 from ..log import progress_bar
 from .config import TrainConfig
@@ -94,10 +94,10 @@ class MetricsHook(HookBase):
         self.history: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []  # this process's skipped images, until the next record
-        self._window_start, self._window_iters, self._data_time = time.perf_counter(), 0, 0.0
+        self._window_iters, self._data_time, self._iter_time = 0, 0.0, 0.0
 
     def before_train(self) -> None:
-        self._window_start, self._window_iters, self._data_time = time.perf_counter(), 0, 0.0
+        self._window_iters, self._data_time, self._iter_time = 0, 0.0, 0.0
 
     def before_step(self) -> None:
         t = self.trainer
@@ -109,6 +109,7 @@ class MetricsHook(HookBase):
         t = self.trainer
         assert t.step is not None
         self._window_iters += 1
+        self._iter_time += t.iter_time
         is_last = t.iteration >= t.end_iter or t.batch_in_epoch >= t.iters_per_epoch
         if t.iteration % self.log_every and not is_last:
             return
@@ -118,16 +119,17 @@ class MetricsHook(HookBase):
         new_skips = [s for part in t.info.all_gather(self._pending) for s in part]
         self._pending = []
         t.skipped_images += len(new_skips)
-        elapsed = time.perf_counter() - self._window_start
+        # the steps' own time (waiting for data included): not the evaluations and checkpoint
+        # writes that ran between two records
         record = {"type": "train", "iter": t.iteration, "epoch": t.epoch + 1, "lr": t.lr, **values,
-                  "grad_norm": t.step.grad_norm, "time_per_iter": elapsed / self._window_iters,
+                  "grad_norm": t.step.grad_norm, "time_per_iter": self._iter_time / self._window_iters,
                   "data_time": self._data_time / self._window_iters, "memory_mib": peak_memory_mib(t.device),
                   "skipped_images": t.skipped_images}
         if t.info.is_main:
             self._report_skips(new_skips)
             self.writer.write(record)
             self.history.append(record)
-        self._window_start, self._window_iters, self._data_time = time.perf_counter(), 0, 0.0
+        self._window_iters, self._data_time, self._iter_time = 0, 0.0, 0.0
 
     def _report_skips(self, skips: list[dict[str, Any]]) -> None:
         """A metrics record and (the first few) a warning per image passed over."""
@@ -235,6 +237,15 @@ def _link_atomic(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
+def eval_table(epoch: int, scores: dict[str, Any]) -> str:
+    """A periodic evaluation as a small table: a row per IoU type, a column per metric shown."""
+    lines = [f"epoch {epoch} evaluation of {scores['images']} images:",
+             " " * 8 + " ".join(f"{name:>7}" for name in SHOWN_METRICS)]
+    for kind in ("bbox", "segm"):
+        lines.append(f"  {kind:<6}" + " ".join(f"{scores[f'{kind}_{name.lower()}']:7.4f}" for name in SHOWN_METRICS))
+    return "\n".join(lines)
+
+
 class PeriodicEvalHook(HookBase):
     """COCO box and mask metrics every ``every`` epochs, each process evaluating its share of
     the images (they meet in ``work_dir/.eval``, removed afterwards); a ``"type": "eval"``
@@ -259,8 +270,7 @@ class PeriodicEvalHook(HookBase):
             record = {"type": "eval", "iter": t.iteration, "epoch": t.epoch, **scores}
             self.writer.write(record)
             self.evaluations.append(record)
-            log.info("epoch %d evaluation: %s", t.epoch,
-                     ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+            log.info("%s", eval_table(t.epoch, scores))
         t.info.barrier()
         if t.info.is_main:
             shutil.rmtree(eval_dir, ignore_errors=True)

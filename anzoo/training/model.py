@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import factory, hub, zoo
 from ..distributed import DistContext
-from ..errors import AnzooError, CheckpointError
+from ..errors import AnzooError, CheckpointError, DownloadError
 from ..models.detection import DetectorConfig, TwoStageDetector
 from .config import TrainConfig
 
@@ -83,7 +83,11 @@ def _backbone_weights_path(config: TrainConfig, entry: Any) -> Path | None:
         raise AnzooError(
             f"{entry.id} has no released ImageNet backbone to start from; give one with "
             "--backbone-weights PATH, or train from scratch with --no-pretrained-backbone")
-    return hub.fetch_backbone_weights(entry.pretrained_backbone)
+    try:
+        return hub.fetch_backbone_weights(entry.pretrained_backbone)
+    except DownloadError as exc:  # offline, or Google Drive refusing: name the ways around it too
+        raise type(exc)(f"{str(exc).rstrip('.')}. Or start without it: give an ImageNet checkpoint with "
+                        "--backbone-weights PATH, or train from scratch with --no-pretrained-backbone") from None
 
 
 def build_training_model(config: TrainConfig, class_names: Sequence[str], category_ids: Sequence[int],

@@ -105,6 +105,7 @@ class Trainer:
         self.lr = 0.0  # set by the schedule before each step
         self.batch: TrainBatch | None = None
         self.data_time = 0.0  # seconds spent waiting for the current batch
+        self.iter_time = 0.0  # seconds of the current iteration: its data wait and its step
         self.step: StepResult | None = None
         self.in_step = False  # inside the optimizer update (an interrupt there leaves nothing to save)
         self.stopped_inside_epoch = False
@@ -145,6 +146,7 @@ class Trainer:
             self.batch, self.data_time = batch, time.perf_counter() - fetch_start
             self._call("before_step")
             self.run_step(batch)
+            self.iter_time = time.perf_counter() - fetch_start  # the data wait and the step, no hook
             self._call("after_step")
             if self.iteration >= self.end_iter and self.batch_in_epoch < self.iters_per_epoch:
                 break

@@ -14,12 +14,14 @@ import typer.main
 from typer.testing import CliRunner
 
 from anzoo.cli import app
+from anzoo.cli.base import SCALE_MAX, SCALE_MIN, TRAIN_SCALE_MIN, Scale
 
 COMMANDS = typer.main.get_command(app).commands
 
 #: numeric options that may take any value, and why
 UNBOUNDED = {
     ("train", "seed"): "any integer seeds the random generators",
+    ("synth-coco", "seed"): "any integer seeds the drawing",
 }
 
 
@@ -97,10 +99,7 @@ def test_the_generator_sees_the_known_bounds() -> None:
     ids = {(b.command, b.option, b.side): b.value for b in BOUNDS}
     assert ids[("predict", "--score-thr", "min")] == 0 and ids[("predict", "--score-thr", "max")] == 1
     assert ids[("serve", "--port", "max")] == 65535 and ids[("train", "--rcnn-samples", "min")] == 4
-    for command in ("predict", "eval", "serve"):
-        assert (command, "--scale", "min") in ids and (command, "--scale", "max") in ids
-    assert ("train", "--img-scale", "min") in ids
-    assert len(BOUNDS) >= 30
+    assert len(BOUNDS) >= 25
 
 
 @pytest.mark.parametrize("bound", BOUNDS, ids=[b.id for b in BOUNDS])
@@ -143,5 +142,45 @@ def test_every_choice_parses_and_another_is_refused(command: str, param: Any, ch
 
 
 def test_choices_found() -> None:
-    assert {(c, p.opts[0]) for c, p, _ in CHOICES} >= {("list", "--detector"), ("list", "--backbone"),
-                                                      ("eval", "--device")}
+    assert {(c, p.opts[0]) for c, p, _ in CHOICES} >= {("list", "--detector"), ("list", "--backbone")}
+
+
+SCALES = [(name, p) for name, cmd in COMMANDS.items() for p in cmd.params
+          if p.type_descriptor.annotation is Scale]
+
+
+def test_scale_options_found() -> None:
+    assert {(c, p.opts[0]) for c, p in SCALES} == {("predict", "--scale"), ("eval", "--scale"),
+                                                   ("serve", "--scale"), ("export", "--scale"),
+                                                   ("train", "--img-scale")}
+
+
+@pytest.mark.parametrize("command,param", SCALES, ids=[f"{c} {p.opts[0]}" for c, p in SCALES])
+def test_scale_bounds_and_forms(command: str, param: Any) -> None:
+    """LONGxSHORT in either order, or SHORT alone; each side within its bounds, both sides."""
+    lo = TRAIN_SCALE_MIN if command == "train" else SCALE_MIN
+    cmd = COMMANDS[command]
+    for text, expected in [(f"{SCALE_MAX}x{lo}", (SCALE_MAX, lo)), (f"{lo}x{SCALE_MAX}", (SCALE_MAX, lo)),
+                           ("800", (1333, 800)), ("600X1000", (1000, 600))]:
+        ctx = cmd.make_context(command, placeholders(command) + [param.opts[0], text])
+        assert ctx.params[param.name] == expected, text
+    for text in (f"{lo - 1}x800", f"{SCALE_MAX + 1}x800", "800x", "big", "1x2x3"):
+        result = CliRunner().invoke(app, [command, *placeholders(command), param.opts[0], text])
+        assert result.exit_code == 2, (text, result.output)
+        assert param.opts[0] in result.output and "Traceback" not in result.output
+
+
+DEVICES = [name for name, cmd in COMMANDS.items() for p in cmd.params if p.name == "device"]
+
+
+def test_device_is_the_same_option_everywhere() -> None:
+    """--device: the same free-text option in every command that has one, its form checked at once."""
+    assert set(DEVICES) == {"predict", "eval", "serve", "train"}
+    for command in DEVICES:
+        param = next(p for p in COMMANDS[command].params if p.name == "device")
+        assert param.metavar == "auto|cpu|cuda[:N]"
+        for text, expected in [("auto", "auto"), ("CPU", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1")]:
+            ctx = COMMANDS[command].make_context(command, placeholders(command) + ["--device", text])
+            assert ctx.params["device"] == expected
+        result = CliRunner().invoke(app, [command, *placeholders(command), "--device", "gpu"])
+        assert result.exit_code == 2 and "--device" in result.output and "'gpu'" in result.output

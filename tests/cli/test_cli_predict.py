@@ -48,7 +48,7 @@ def _photo(path, h=120, w=160, seed=0, mode="RGB"):
 
 
 def _run(*args):
-    return runner.invoke(cli.app, ["predict", *args, "--scale", str(SMALL_SCALE[0]), str(SMALL_SCALE[1]),
+    return runner.invoke(cli.app, ["predict", *args, "--scale", f"{SMALL_SCALE[0]}x{SMALL_SCALE[1]}",
                                    *(() if "--workers" in args else ("--workers", "0"))])
 
 
@@ -210,3 +210,11 @@ def test_only_promised_formats_are_read(tmp_path, fake_model):
     assert (tmp_path / "out" / "in" / "anim.json").exists()
     assert "drawing.eps: EPS images are not supported (accepted formats: JPEG, PNG, WebP, BMP, TIFF, GIF)" \
         in " ".join(result.stderr.split())
+
+
+def test_max_pixels_refuses_larger_images_from_their_header(tmp_path, fake_model):
+    small, large = _photo(tmp_path / "small.png", 8, 10), _photo(tmp_path / "large.png", 20, 30)
+    result = _run(str(small), str(large), "--max-pixels", "100", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "large.png: image is 30x20 = 600 pixels, over the limit of 100 pixels" in result.stderr
+    assert (tmp_path / "out" / "small.json").exists() and not (tmp_path / "out" / "large.json").exists()

@@ -44,7 +44,7 @@ def inputs(tmp_path: Path, model, use_model) -> Path:
 
 
 def _predict(*args: str) -> object:
-    return runner.invoke(cli.app, ["predict", *args, "--scale", "128", "96", "--score-thr", "0.05"])
+    return runner.invoke(cli.app, ["predict", *args, "--scale", "128x96", "--score-thr", "0.05"])
 
 
 KEYS = ["a/x.png", "b/c/y.jpg", "b/c/z.png", "b/x.png", "v.avi", "v.avi"]  # sorted by path

@@ -114,7 +114,7 @@ def test_info():
     assert data["weights"]["source"] is None and data["weights"]["cached"] is False
     assert "Group Normalization paper" in data["notes"]
     assert data["papers"][0]["link"] == "https://arxiv.org/abs/1803.08494"
-    data = json.loads(run("info", "--backbone", "r50-an", "--json").stdout)
+    data = json.loads(run("info", "--imagenet", "r50-an", "--json").stdout)
     assert data["top1_error"] == 21.59 and data["arch"] == "resnet50"
 
 
@@ -242,7 +242,7 @@ def test_download_all_skips_entries_without_weights(monkeypatch, anzoo_home):
     assert [line.split(":")[0] for line in lines] == with_weights
     assert len(fetched) == 16
 
-    result = run("download", "--all", "--backbone")
+    result = run("download", "--all", "--imagenet")
     assert result.exit_code == 0, result.output
     assert len(fetched) == 24
     assert hub.cached_backbone_weights("aognet40m-an") is not None
@@ -292,7 +292,7 @@ def test_import(tmp_path, anzoo_home):
     assert "web page" in error_line(result)
     assert hub.cached_weights("r50-bn") is None
 
-    result = run("import", "--backbone", "r50-an", str(file))  # a detector is not a backbone
+    result = run("import", "--imagenet", "r50-an", str(file))  # a detector is not a backbone
     assert result.exit_code == 1
     assert hub.cached_backbone_weights("r50-an") is None
 

@@ -5,7 +5,7 @@
 option checks; ``anzoo predict --batch-size/--precision``; ``anzoo eval --batch-size/--precision/--resume``
 (with the oracle model of ``test_eval_oracle``, so the AP stays 1.000).
 
-Kept cheap: tiny synthetic images, ``--img-scale 128 96``, one or two iterations, 50 RPN
+Kept cheap: tiny synthetic images, ``--img-scale 128x96``, one or two iterations, 50 RPN
 proposals and 16 sampled RoIs, no DataLoader workers.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from anzoo.training.model import CLASS_SPECIFIC_KEYS
 
 from helpers.oracle import make_oracle_dataset, oracle_for
 
-SCALE = ("128", "96")
+SCALE = "128x96"
 FAST = ["--workers", "0", "--rpn-proposals", "50", "--rcnn-samples", "16", "--log-every", "1",
-        "--no-progress", "--no-tensorboard", "--device", "cpu", "--img-scale", *SCALE, "--warmup-iters", "1"]
+        "--no-progress", "--no-tensorboard", "--device", "cpu", "--img-scale", SCALE, "--warmup-iters", "1"]
 
 # Slow tier (`-m "not slow"` leaves it out): end to end through processes.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -125,7 +125,7 @@ def test_train_amp_autocasts_the_forward(coco_layout: Path, tmp_path: Path, monk
     watch = Watch(monkeypatch, "compute_losses")
     work = tmp_path / "work"
     fast = ["--workers", "0", "--rpn-proposals", "2", "--rcnn-samples", "4", "--log-every", "1", "--no-progress",
-            "--no-tensorboard", "--device", "cpu", "--img-scale", "64", "64", "--warmup-iters", "1"]
+            "--no-tensorboard", "--device", "cpu", "--img-scale", "64x64", "--warmup-iters", "1"]
     result = CliRunner().invoke(app, ["train", "r50-bn", "--coco", str(coco_layout), "--work-dir", str(work),
                                       "--no-pretrained-backbone", "--amp", "--batch-size", "1", "--max-iters", "1",
                                       "--eval-every", "0", *fast])
@@ -216,11 +216,11 @@ def test_predict_batch_size_and_precision(predict_weights: Path, tmp_path: Path,
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
         images.append(str(path))
 
-    def predict(out: str, *options: str, inputs: list[str] = images, scale: tuple[str, str] = SCALE
+    def predict(out: str, *options: str, inputs: list[str] = images, scale: str = SCALE
                 ) -> dict[str, Any]:
         watch.calls.clear()
         result = CliRunner().invoke(app, ["predict", *inputs, "-m", "r50-bn", "--weights", str(predict_weights),
-                                          "--device", "cpu", "--score-thr", "0.05", "--scale", *scale,
+                                          "--device", "cpu", "--score-thr", "0.05", "--scale", scale,
                                           "--out", str(tmp_path / out), *options])
         assert result.exit_code == 0, result.output
         return {p.name: read_json(p) for p in sorted((tmp_path / out).glob("*.json"))}
@@ -233,10 +233,10 @@ def test_predict_batch_size_and_precision(predict_weights: Path, tmp_path: Path,
     # --precision bf16: bfloat16 autocast on the CPU (slow without native support: one image,
     # smallest scale, 2 proposals, 1 detection)
     limit_proposals(monkeypatch, proposals=2, max_per_img=1)
-    low = predict("bf16", "--precision", "bf16", inputs=images[:1], scale=("32", "32"))
+    low = predict("bf16", "--precision", "bf16", inputs=images[:1], scale="32x32")
     assert watch.calls == [(1, torch.bfloat16)]
     assert len(low["img0.json"]) == 1
-    assert predict("fp16", "--fp16", inputs=images[:1], scale=("32", "32")) == low  # the deprecated alias
+    assert predict("fp16", "--fp16", inputs=images[:1], scale="32x32") == low  # the deprecated alias
     assert watch.calls == [(1, torch.bfloat16)]
 
 
@@ -259,7 +259,7 @@ def test_eval_batch_size_precision_and_resume(oracle_dataset: Path, tmp_path: Pa
         oracle.calls.clear()
         return CliRunner().invoke(app, ["eval", "r50-bn", "--coco", str(oracle_dataset), "--weights", str(weights),
                                         "--out", str(tmp_path / out), "--workers", "0", "--device", "cpu",
-                                        "--scale", *SCALE, *options])
+                                        "--scale", SCALE, *options])
 
     def ap(out: str) -> tuple[float, float]:
         metrics = read_json(tmp_path / out / "metrics.json")["metrics"]

@@ -24,7 +24,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
 
     def args(out: Path) -> list[str]:
         return ["eval", "r50-bn", "--coco", str(root), "--weights", str(checkpoint), "--out", str(out),
-                "--scale", "128", "96", "--workers", "0", "--device", "cpu", "--json"]
+                "--scale", "128x96", "--workers", "0", "--device", "cpu", "--json"]
 
     proc = run_under_torchrun(tmp_path, args(tmp_path / "two"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -32,7 +32,7 @@ def test_two_processes_write_the_outputs_of_one(tmp_path: Path, monkeypatch: pyt
 
     def args(out: Path) -> list[str]:
         return ["predict", str(root), "-r", "--model", "r50-bn", "--weights", str(checkpoint), "--out", str(out),
-                "--scale", "128", "96", "--workers", "0", "--device", "cpu", "--format", "jsonl",
+                "--scale", "128x96", "--workers", "0", "--device", "cpu", "--format", "jsonl",
                 "--score-thr", "0.05"]
 
     proc = run_under_torchrun(tmp_path, args(tmp_path / "two"))

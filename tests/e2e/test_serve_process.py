@@ -62,7 +62,7 @@ def server(weights: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, st
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "anzoo", "serve", "-m", "r50-bn", "--weights", str(weights), "--device", "cpu",
-             "--host", "127.0.0.1", "--port", str(port), "--scale", "128", "96", "--max-batch", "2"],
+             "--host", "127.0.0.1", "--port", str(port), "--scale", "128x96", "--max-batch", "2"],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         yield proc, f"http://127.0.0.1:{port}", log

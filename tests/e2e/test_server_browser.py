@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -154,3 +155,35 @@ def test_a_file_that_is_not_an_image_shows_the_servers_message(page: Page, tmp_p
     page.set_input_files("#file", str(path))
     page.wait_for_function("document.body.dataset.state === 'error'")
     assert "not an image" in page.inner_text("#status")
+
+
+def test_the_photo_keeps_its_aspect_ratio_beside_a_long_list(page: Page, tmp_path: Path) -> None:
+    """A 512x512 photo with 52 instances listed beside it is drawn square, not stretched to the
+    list's height (it was drawn 512x1192). The answer is stubbed: the layout is under test."""
+    _, data = noise_png(512, 512, seed=5)
+    path = tmp_path / "square.png"
+    path.write_bytes(data)
+    instances = [{"category_id": 1, "category_name": "person", "score": round(0.99 - i * 0.01, 2),
+                  "bbox": [9.0 * i, 9.0 * i, 20.0, 20.0],
+                  "mask": [[9 * i, 9 * i, 9 * i + 20, 9 * i, 9 * i + 20, 9 * i + 20]]} for i in range(52)]
+    answer = {"model": MODEL_ID, "width": 512, "height": 512, "mask_format": "polygon", "instances": instances,
+              "truncated": False, "timing": {"decode_ms": 1.0, "queue_ms": 0.0, "inference_ms": 1.0,
+                                             "batch_size": 1, "encode_ms": 1.0, "total_ms": 3.0}}
+    page.route("**/segment?*", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                           body=json.dumps(answer)))
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("document.body.dataset.state === 'done'")
+    assert len(listed(page)) == 52
+    box = page.locator("#canvas").bounding_box()
+    assert box is not None and abs(box["width"] / box["height"] - 1) < 0.01, box
+    shot = Image.open(io.BytesIO(page.locator("#canvas").screenshot()))
+    assert abs(shot.width / shot.height - 1) < 0.01, shot.size
+    assert page.locator("#instances").bounding_box()["height"] > 1.5 * box["height"]  # the list is the taller
+
+
+def test_the_page_has_a_favicon(page: Page, server: BackgroundServer) -> None:
+    status = page.evaluate("fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)")
+    assert status == 200
+    response = httpx.get(f"{server.url}/favicon.ico", trust_env=False, timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")

@@ -398,7 +398,7 @@ def test_cli_eval_end_to_end(dataset: Path, checkpoint: Path, tmp_path: Path,
     limit_proposals(monkeypatch)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["eval", "r50-bn", "--coco", str(dataset), "--weights", str(checkpoint),
-                                      "--out", str(out), "--limit", "2", "--scale", "96", "128",
+                                      "--out", str(out), "--limit", "2", "--scale", "96x128",
                                       "--workers", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "partial run (2 of 6 images): no verdict" in result.output
@@ -461,14 +461,14 @@ def test_cli_gpus_runs_torchrun(dataset: Path, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(subprocess, "run", lambda cmd, check=False: calls.append(cmd) or Done())
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     result = CliRunner().invoke(app, ["eval", "r50-bn", "--coco", str(dataset), "--gpus", "2", "--device", "cpu",
-                                      "--limit", "4", "--scale", "128", "96", "--resume"])
+                                      "--limit", "4", "--scale", "128x96", "--resume"])
     assert result.exit_code == 3  # the workers' exit code
     (cmd,) = calls
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     rest = cmd[6:]
     assert rest[:3] == ["anzoo", "eval", "r50-bn"]
     assert "--gpus" not in rest and "--resume" in rest
-    assert rest[rest.index("--scale") + 1: rest.index("--scale") + 3] == ["128", "96"]
+    assert rest[rest.index("--scale") + 1] == "128x96"
     assert rest[rest.index("--limit") + 1] == "4" and rest[rest.index("--device") + 1] == "cpu"
     # asking for GPUs a machine does not have is a clear error
     if torch.cuda.device_count() < 2:
@@ -493,7 +493,7 @@ def test_cli_eval_all_writes_the_report(dataset: Path, checkpoint: Path, tmp_pat
     monkeypatch.setattr(hub, "fetch_weights", fetch)
     out = tmp_path / "all"
     result = CliRunner().invoke(app, ["eval", "--all", "--coco", str(dataset), "--out", str(out), "--limit", "1",
-                                      "--scale", "128", "96", "--workers", "0", "--device", "cpu"])
+                                      "--scale", "128x96", "--workers", "0", "--device", "cpu"])
     assert result.exit_code == 1, result.output  # one model could not be evaluated
     assert "r50-an: r50-an: Google Drive refused" in result.output
     report = (out / "report.md").read_text()

@@ -80,7 +80,7 @@ def test_cli_eval_scores_the_ground_truth_ap_1(dataset: Path, tmp_path: Path,
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["eval", "r50-bn", "--coco", str(dataset), "--weights", str(weights),
                                       "--out", str(out), "--workers", "0", "--device", "cpu",
-                                      "--scale", *map(str, SCALE), "--json"])
+                                      "--scale", "x".join(map(str, SCALE)), "--json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     metrics = read_json(out / "metrics.json")

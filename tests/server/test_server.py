@@ -579,10 +579,11 @@ def test_cli_serve_builds_the_app_and_runs_uvicorn(model: torch.nn.Module, monke
     monkeypatch.setattr(cli_base, "load_model", fake_load)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
     monkeypatch.setenv("ANZOO_PORT", "8123")
-    result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID, "--device", "cpu", "--max-batch", "4",
+    # the id in another case: served (and listed) as the zoo spells it
+    result = CliRunner().invoke(cli.app, ["serve", "--model", MODEL_ID.upper(), "--device", "cpu", "--max-batch", "4",
                                           "--max-wait-ms", "5", "--max-queue", "16", "--timeout", "9",
                                           "--max-body-mb", "1.5", "--max-pixels", "1000000",
-                                          "--cors-origin", "http://app.example", "--scale", "96", "128"])
+                                          "--cors-origin", "http://app.example", "--scale", "96x128"])
     assert result.exit_code == 0, result.output
     assert calls["loaded"] == [(MODEL_ID, None, "cpu")]
     assert (calls["host"], calls["port"]) == ("127.0.0.1", 8123)

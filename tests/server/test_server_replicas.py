@@ -203,7 +203,7 @@ def test_cli_serve_replicas_and_devices(model: torch.nn.Module, monkeypatch: pyt
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         monkeypatch.setenv("ANZOO_PORT", str(sock.getsockname()[1]))
-    result = CliRunner().invoke(cli.app, ["serve", "--devices", "cpu", "--replicas", "2", "--scale", "96", "64"])
+    result = CliRunner().invoke(cli.app, ["serve", "--devices", "cpu", "--replicas", "2", "--scale", "96x64"])
     assert result.exit_code == 0, result.output
     assert loaded == ["cpu"]
     assert [(r.index, str(r.device)) for r in apps[0].state.service.replicas] == [(0, "cpu"), (1, "cpu")]

@@ -63,7 +63,7 @@ def cli_run(tmp_path_factory):
         mp.setenv("ANZOO_HOME", str(root / "home"))
         result = CliRunner().invoke(app, [
             "train", "r50-bn", "--coco", str(coco), "--work-dir", str(work), "--epochs", "6",
-            "--lr", "0.02", "--warmup-iters", "1", "--img-scale", *map(str, SCALE),
+            "--lr", "0.02", "--warmup-iters", "1", "--img-scale", "x".join(map(str, SCALE)),
             "--backbone-weights", str(weights), "--eval-every", "3", *FAST])
     yield {"result": result, "work": work, "coco": coco, "weights": weights}
     # six epoch checkpoints of an R-50 detector with optimizer state: ~2.4 GB
@@ -148,15 +148,19 @@ def test_trained_model_loads_and_predicts(cli_run):
     assert all(r["segmentation"]["size"] == [96, 128] for r in records)
 
 
-def test_cli_resume_of_a_finished_run_needs_no_data_options(cli_run, caplog):
-    """--resume takes the data and the recipe from the run's checkpoint, silently."""
+def test_cli_resume_of_a_finished_run_says_so_and_does_nothing(cli_run, caplog):
+    """--resume takes the data and the recipe from the run's checkpoint, silently; a finished run
+    is left as it is (issue 14)."""
+    work = cli_run["work"]
+    before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ANZOO_HOME", str(cli_run["work"].parent / "home"))
-        result = CliRunner().invoke(app, ["train", "r50-bn", "--work-dir", str(cli_run["work"]), "--resume",
+        mp.setenv("ANZOO_HOME", str(work.parent / "home"))
+        result = CliRunner().invoke(app, ["train", "r50-bn", "--work-dir", str(work), "--resume",
                                           "--no-progress", "--workers", "0"])
     assert result.exit_code == 0, result.output
-    assert "after 6 iterations (6/6 epochs)" in result.output
+    assert f"r50-bn: already finished after 6 iterations (6/6 epochs) in {work}; nothing to do" in result.stdout
     assert "resuming: keeping" not in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir()} == before  # nothing written
 
 
 def _small_config(coco: Path, work: Path, **kw) -> TrainConfig:

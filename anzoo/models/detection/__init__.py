@@ -8,7 +8,9 @@
 * the legacy conventions they rest on: anchors, box coding, +1 IoU and NMS, multi-level
   RoIAlign, per-class NMS and mask pasting (``anchors.py``, ``box_coder.py``, ``box_ops.py``,
   ``roi_align.py``, ``postprocess.py``); training targets and losses (``targets.py``,
-  ``losses.py``); the original checkpoints' key layout (``convert.py``).
+  ``losses.py``); the original checkpoints' key layout (``convert.py``);
+* the test path for one image as a traceable module for the ONNX export (``traced.py``:
+  :class:`~.traced.TracedDetector`, used by ``anzoo.export``).
 """
 from .anchors import LegacyAnchorGenerator, legacy_base_anchors
 from .box_coder import LegacyBoxCoder

@@ -77,7 +77,7 @@ def _axis_samples(
     coord = coord.clamp(min=0)
     low = coord.floor().to(torch.int64)
     at_edge = low >= size - 1
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    low = torch.where(at_edge, size - 1, low)  # size is a traced tensor in an ONNX export
     high = torch.where(at_edge, low, low + 1)
     coord = torch.where(at_edge, low.to(dtype), coord)
     w_high = coord - low.to(dtype)
@@ -150,6 +150,8 @@ def legacy_roi_align_torch(
     rois = rois.to(work)
     num = rois.shape[0]
     channels = features.shape[1]
+    if torch.jit.is_tracing():  # one branch-free chunk in an exported graph (RoIs are few)
+        return _roi_align_chunk(feats, rois, out_h, out_w, spatial_scale, sampling_ratio).to(in_dtype)
     if num == 0:
         return features.new_zeros((0, channels, out_h, out_w))
     per_roi = out_h * out_w * sampling_ratio * sampling_ratio * channels
@@ -174,9 +176,12 @@ def legacy_roi_align(
     ``x2 + 1, y2 + 1`` (identical sampling); narrower ones through
     :func:`legacy_roi_align_torch`, which keeps the reference's sub-cell RoI size where
     torchvision would stretch it to one cell. One host sync (whether any RoI is narrow).
+    Traced for an ONNX export, the same without branches (torchvision's kernel becomes ONNX
+    ``RoiAlign``, the narrow RoIs' arithmetic primitive operators).
     """
     out_h, out_w = _pair(output_size)
-    if rois.shape[0] == 0:
+    tracing = torch.jit.is_tracing()
+    if not tracing and rois.shape[0] == 0:
         return features.new_zeros((0, features.shape[1], out_h, out_w))
     in_dtype = features.dtype
     work = torch.promote_types(in_dtype, torch.float32)
@@ -187,10 +192,23 @@ def legacy_roi_align(
         sampling_ratio=sampling_ratio, aligned=False,
     )
     width, height = legacy_roi_sizes(rois, spatial_scale)
-    narrow = torch.nonzero((width < 1) | (height < 1)).squeeze(1)
+    is_narrow = (width < 1) | (height < 1)
+    narrow = torch.nonzero(is_narrow).squeeze(1)
+    if tracing:
+        fixed = legacy_roi_align_torch(feats, rois[narrow], (out_h, out_w), spatial_scale, sampling_ratio)
+        return _merge(out, fixed, is_narrow).to(in_dtype)
     if narrow.numel():
         out[narrow] = legacy_roi_align_torch(feats, rois[narrow], (out_h, out_w), spatial_scale, sampling_ratio)
     return out.to(in_dtype)
+
+
+def _merge(out: Tensor, fixed: Tensor, replaced: Tensor) -> Tensor:
+    """``out`` with its ``replaced`` rows taken from ``fixed`` (in order), by one gather: an
+    exported graph's in-place index assignment (ScatterND) breaks on counts seen as 0 or 1
+    when traced."""
+    rank = torch.cumsum(replaced.to(torch.int64), 0) - 1
+    rows = torch.arange(out.shape[0], device=out.device)
+    return torch.cat([out, fixed])[torch.where(replaced, out.shape[0] + rank, rows)]
 
 
 def to_inclusive_end(rois: Tensor) -> Tensor:
@@ -252,6 +270,8 @@ class LegacyMultiScaleRoIAlign(nn.Module):
         if len(features) == 1:
             return legacy_roi_align(features[0], rois, size, 1.0 / self.featmap_strides[0], self.sampling_ratio)
         levels = self.map_roi_levels(rois)
+        if torch.jit.is_tracing():
+            return self._traced_forward(features, rois, levels)
         out = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
         for level, (feat, stride) in enumerate(zip(features, self.featmap_strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
@@ -259,6 +279,16 @@ class LegacyMultiScaleRoIAlign(nn.Module):
                 continue
             out[idx] = legacy_roi_align(feat, rois[idx], size, 1.0 / stride, self.sampling_ratio).to(out.dtype)
         return out
+
+    def _traced_forward(self, features: Sequence[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
+        """:meth:`forward` for an exported graph: every level pools its RoIs (maybe none), and
+        the results are put back in the RoIs' order by a gather instead of index assignments."""
+        parts, order = [], []
+        for level, (feat, stride) in enumerate(zip(features, self.featmap_strides)):
+            idx = torch.nonzero(levels == level).squeeze(1)
+            parts.append(legacy_roi_align(feat, rois[idx], self.output_size, 1.0 / stride, self.sampling_ratio))
+            order.append(idx)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
     def extra_repr(self) -> str:
         return (
