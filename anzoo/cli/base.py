@@ -231,8 +231,8 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Checkpoint to use instead of the cached release (mmdet-v1 or anzoo format).",
     show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="fp32; bf16 (bfloat16 autocast, CPU or GPU: about twice as fast where the CPU has "
-                        "AVX512-BF16/AMX); fp16 (float16 autocast, CUDA only).")]
+    "--precision", help="fp32; bf16 (bfloat16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX, "
+                        "much slower on other CPUs); fp16 (float16 autocast, CUDA only).")]
 Fp16Opt = Annotated[bool, typer.Option(
     "--fp16", help="Deprecated: --precision fp16 on CUDA, bf16 on the CPU.", hidden=True)]
 
