@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from .data.images import load_image
+from .errors import AnzooError
 from .data.results import instances_to_records, records_from_parts
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
 from .models.detection.detections import Detections

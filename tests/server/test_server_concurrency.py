@@ -25,20 +25,13 @@ from anzoo.inference import Predictor
 from anzoo.server.app import create_app
 from anzoo.server.limits import ByteBudget
 from anzoo.server.runner import BackgroundServer
-from anzoo.testing import confident_model
 
-MODEL_ID = "r50-an"
+MODEL_ID = "r50-an"  # the id of conftest.py's `model`
 SCALE = (96, 64)
 PNG_HEADERS = {"Content-Type": "image/png"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    m = confident_model(MODEL_ID, proposals=8, max_per_img=2)  # the mask head costs ~0.5 GMAC per instance
-    return m
 
 
 def png(height: int, width: int, seed: int) -> bytes:

@@ -24,20 +24,14 @@ from anzoo.server.app import create_app
 from anzoo.server.batching import DynamicBatcher
 from anzoo.server.replicas import build_replicas, parse_devices
 from anzoo.server.runner import BackgroundServer
-from anzoo.testing import confident_model
 from helpers.metrics_text import metric
 from helpers.pictures import noise_png
 
-MODEL_ID = "r50-an"
+MODEL_ID = "r50-an"  # the id of conftest.py's `model`
 SCALE = (96, 64)
 PNG_HEADERS = {"Content-Type": "image/png"}
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_api_key")
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    return confident_model(MODEL_ID, proposals=8, max_per_img=2)
 
 
 IMAGES = [noise_png(60, 80, seed) for seed in range(3)]

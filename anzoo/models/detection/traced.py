@@ -89,7 +89,6 @@ class _ClassNMS(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
-        num_classes, num_rows = scores.shape[0], scores.shape[2]
         candidate = scores[:, 0, :] > score_threshold
         cls_idx, row_idx = torch.nonzero(candidate, as_tuple=True)
         keep = legacy_batched_nms(boxes[cls_idx, row_idx], scores[cls_idx, 0, row_idx], cls_idx, iou_threshold)
