@@ -5,7 +5,7 @@
     image (path | bytes | PIL | ndarray) --load_image--> RGB uint8
         --preprocess_image (mmdetection v1: cv2 resize, normalize)--> tensor + ImageMeta
         --pad to a multiple of 32, batch only images of the same padded shape-->
-        --model.detect (device, optional fp16 autocast)--> Detections (boxes, scores, labels, 28x28 masks)
+        --model.detect (device, precision: fp32 or bf16/fp16 autocast)--> Detections (boxes, scores, labels, 28x28 masks)
         --rank (score_thr, max_instances, pasted-area cap: before any pasting)-->
         --paste masks (legacy: OpenCV per box, exact; fast: batched on the device)
             --> Instances with (N, H, W) masks (Python API: predict_instances)
@@ -19,6 +19,7 @@ v1 did would change its detections. Grouping keeps batched results identical to 
 """
 from __future__ import annotations
 
+import copy
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -35,7 +36,8 @@ from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, 
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import MaskCrops, clipped_paste_windows, paste_masks_fast, paste_masks_legacy
-from .runtime import resolve_device
+from .models.layers.fold import count_foldable, fold_batch_norms
+from .runtime import autocast, check_precision, precision_from_fp16, resolve_device
 from .structures import Instances
 from .visualize import draw_instances
 
@@ -52,33 +54,46 @@ class Predictor:
     Args:
         model: a detector from ``anzoo.create_model``.
         device: where to run; None keeps the model's device, 'auto' picks CUDA when present.
-        fp16: autocast to float16 on CUDA (bfloat16 on CPU); AN statistics stay float32.
+        precision: 'fp32', 'bf16' (bfloat16 autocast, CPU and GPU) or 'fp16' (float16 autocast,
+            CUDA only); the normalisation statistics stay float32 in every precision.
+        fp16: deprecated alias: True means 'fp16' on CUDA, 'bf16' elsewhere (warns).
         batch_size: images per forward pass (same padded shape only, see module docstring).
         mask_paste: 'legacy' (OpenCV, exactly mmdetection v1), 'fast' (batched torch on the
             device, equal up to rounding at the 0.5 threshold), 'auto' (fast on CUDA, legacy on CPU).
         channels_last: use the channels-last memory format (faster convolutions on GPUs).
         scale: (long, short) test scale; the released models were evaluated at (1333, 800).
+        fold_norms: run a copy of ``model`` whose eval-mode BatchNorms (and AN's normalisation)
+            are folded into the convolutions before them (:func:`~anzoo.models.layers.fold_batch_norms`):
+            the same detections up to float32 rounding, one pass over each feature map less
+            per norm; ``model`` itself is left as it is (it can still be trained or saved).
     """
 
     def __init__(self, model: TwoStageDetector, device: str | torch.device | None = None,
-                 fp16: bool = False, batch_size: int = 1, mask_paste: str = "auto",
-                 channels_last: bool = False, scale: tuple[int, int] = TEST_SCALE) -> None:
+                 precision: str = "fp32", batch_size: int = 1, mask_paste: str = "auto",
+                 channels_last: bool = False, scale: tuple[int, int] = TEST_SCALE,
+                 fold_norms: bool = True, fp16: bool | None = None) -> None:
         if mask_paste not in MASK_PASTE_MODES:
             raise ValueError(f"mask_paste must be one of {MASK_PASTE_MODES}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if getattr(model, "runtime", "torch") != "torch":
             # an exported file (anzoo.export.OnnxDetector) runs on its own runtime, on the CPU
-            if fp16 or channels_last or str(device) not in ("None", "auto", "cpu"):
+            if precision != "fp32" or fp16 or channels_last or str(device) not in ("None", "auto", "cpu"):
                 raise AnzooError(f"an exported model runs on {model.runtime} on the CPU: "
-                                 f"no `fp16`, `channels_last` or `device='{device}'`")
-            device = "cpu"
+                                 f"no `precision='{precision}'`, `fp16`, `channels_last` or `device='{device}'`")
+            device, fold_norms = "cpu", False  # its graph is fixed
         self.device = next(model.parameters()).device if device is None else resolve_device(device)
+        if fp16 is not None:
+            precision = precision_from_fp16(fp16, self.device)
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        self.folded_norms = 0  # norms folded into convolutions in this predictor's copy of the model
+        if fold_norms and count_foldable(self.model):
+            self.model = copy.deepcopy(self.model)
+            self.folded_norms = fold_batch_norms(self.model)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
-        self.fp16 = fp16
         self.batch_size = batch_size
         self.scale = tuple(scale)
         self.mask_paste = ("fast" if self.device.type == "cuda" else "legacy") if mask_paste == "auto" else mask_paste
@@ -88,11 +103,10 @@ class Predictor:
         """Load (if needed) and preprocess one image exactly as mmdetection v1's test pipeline."""
         return preprocess_image(load_image(image), scale=self.scale)
 
-    def _autocast(self):
-        if not self.fp16:
-            return torch.autocast(device_type=self.device.type, enabled=False)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    @property
+    def fp16(self) -> bool:
+        """Deprecated: whether the model runs in a 16-bit precision (see ``precision``)."""
+        return self.precision != "fp32"
 
     @torch.inference_mode()
     def detect_batch(self, tensors: Sequence[torch.Tensor] | torch.Tensor, metas: Sequence[ImageMeta],
@@ -108,7 +122,7 @@ class Predictor:
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with autocast(self.precision, self.device):
             return self.model.detect(batch, metas, with_masks=with_masks)
 
     def paste(self, det: Detections, score_thr: float = 0.0, max_instances: int | None = None) -> Instances:

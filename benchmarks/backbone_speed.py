@@ -8,6 +8,7 @@ under construction) are reported as skipped.
     python benchmarks/backbone_speed.py                      # CPU, all backbones
     python benchmarks/backbone_speed.py --device cuda --amp fp16 --iters 50
     python benchmarks/backbone_speed.py --only r50-an r101-an --json times.json
+    python benchmarks/backbone_speed.py --only r50-bn r50-an --fold   # BatchNorms folded or not, interleaved
 """
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
+import copy
+
 import torch
 
 from anzoo.models.backbones import create_backbone, list_backbones
+from anzoo.models.layers import fold_batch_norms
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -37,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--only", nargs="*", default=None, help="backbone names (default: all)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--fold", action="store_true",
+                   help="also time a copy with the BatchNorms folded into the convolutions, the two "
+                        "passes interleaved (a shared machine's load then weighs on both alike)")
     return p.parse_args()
 
 
@@ -64,22 +71,29 @@ def time_backbone(name: str, args: argparse.Namespace, device: torch.device) -> 
     params = sum(p.numel() for p in model.parameters())
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.eval().to(device, memory_format=memory_format)
+    models = {"": model}
+    if args.fold:
+        models["folded_"] = copy.deepcopy(model)
+        fold_batch_norms(models["folded_"])
     x = torch.randn(1, 3, args.height, args.width, device=device).contiguous(memory_format=memory_format)
     sync = synchronizer(device)
-    times = []
+    times: dict[str, list[float]] = {key: [] for key in models}
     with torch.inference_mode(), autocast(device, args.amp):
         for i in range(args.warmup + args.iters):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-    del model, x
+            for key, m in models.items():
+                sync()
+                start = time.perf_counter()
+                m(x)
+                sync()
+                if i >= args.warmup:
+                    times[key].append(time.perf_counter() - start)
+    del model, models, x
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"name": name, "status": "ok", "params_m": params / 1e6,
-            "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
+    out = {"name": name, "status": "ok", "params_m": params / 1e6}
+    for key, t in times.items():
+        out.update({f"{key}median_ms": 1e3 * statistics.median(t), f"{key}min_ms": 1e3 * min(t)})
+    return out
 
 
 def main() -> None:
@@ -98,13 +112,16 @@ def main() -> None:
     print(f"device {device}{gpu}, input 1x3x{args.height}x{args.width}, amp {args.amp}, "
           f"channels_last {args.channels_last}, warm-up {args.warmup}, median of {args.iters}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"{'backbone':<18} {'params (M)':>10} {'median ms':>10} {'min ms':>10}")
+    print(f"{'backbone':<18} {'params (M)':>10} {'median ms':>10} {'min ms':>10}"
+          + (f" {'folded median':>13} {'folded min':>10} {'gain (min)':>10}" if args.fold else ""))
     results = []
     for name in names:
         r = time_backbone(name, args, device)
         results.append(r)
         if r["status"] == "ok":
-            print(f"{name:<18} {r['params_m']:>10.2f} {r['median_ms']:>10.1f} {r['min_ms']:>10.1f}", flush=True)
+            folded = (f" {r['folded_median_ms']:>13.1f} {r['folded_min_ms']:>10.1f} "
+                      f"{100 * (1 - r['folded_min_ms'] / r['min_ms']):>9.1f}%") if args.fold else ""
+            print(f"{name:<18} {r['params_m']:>10.2f} {r['median_ms']:>10.1f} {r['min_ms']:>10.1f}{folded}", flush=True)
         else:
             print(f"{name:<18} skipped: {r['reason']}", flush=True)
     if args.json:

@@ -1,7 +1,7 @@
 """Throughput of the whole ``anzoo eval`` pipeline on a generated COCO-format set, per model.
 
 Everything a COCO evaluation does is timed: DataLoader workers decode and resize the images,
-the model detects (batched, optional fp16), masks are pasted and RLE-encoded in worker threads
+the model detects (batched, fp32/bf16/fp16), masks are pasted and RLE-encoded in worker threads
 and the results appended to the partial files; images/s counts that loop (``EvalResult.
 images_per_s``), "wall" adds writing the results files and COCOeval. The models have random
 weights biased to detect (``anzoo.testing.confident_model``) with the release's 1000 RPN
@@ -10,7 +10,7 @@ gives on a busy COCO image: a worst case for the pasting and encoding. With ``--
 the cached released weights are used instead (they detect less on synthetic shapes).
 
     python benchmarks/eval_speed.py                                  # CPU, r50-bn, 8 images
-    python benchmarks/eval_speed.py --device cuda --fp16 --batch-size 4 --images 300 \\
+    python benchmarks/eval_speed.py --device cuda --precision fp16 --batch-size 4 --images 300 \\
         --models r50-bn aognet40m-an-gn cascade-aognet40m-an
     python benchmarks/eval_speed.py --proposals 50 --size 160 224 --scale 320 224   # a quick look
 """
@@ -38,7 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=None,
                    help=f"zoo ids (default: r50-bn on CPU, {' '.join(GPU_MODELS)} on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--fp16", action="store_true", help="autocast to float16 on CUDA")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="fp32, bf16 (CPU or GPU) or fp16 (CUDA) autocast")
     p.add_argument("--batch-size", type=int, default=None, help="default: 1 on CPU, 4 on CUDA")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes")
     p.add_argument("--post-threads", type=int, default=None, help="mask paste / RLE threads")
@@ -64,7 +65,7 @@ def build_model(model_id: str, args: argparse.Namespace) -> torch.nn.Module:
 
 def run_model(model_id: str, args: argparse.Namespace, root: Path, ann: Path, device: torch.device) -> dict:
     model = build_model(model_id, args)
-    options = {"batch_size": args.batch_size, "workers": args.workers, "device": device, "fp16": args.fp16,
+    options = {"batch_size": args.batch_size, "workers": args.workers, "device": device, "precision": args.precision,
                "scale": tuple(args.scale), "post_threads": args.post_threads,
                "channels_last": args.channels_last, "progress": False}
     if args.warmup:
@@ -75,7 +76,7 @@ def run_model(model_id: str, args: argparse.Namespace, root: Path, ann: Path, de
     start = time.perf_counter()
     result = evaluate(model, ann, root / "val2017", root / f"out-{model_id}", **options)
     wall = time.perf_counter() - start
-    row = {"model": model_id, "device": result.device, "fp16": args.fp16, "batch_size": args.batch_size,
+    row = {"model": model_id, "device": result.device, "precision": args.precision, "batch_size": args.batch_size,
            "images": result.num_images, "detections_per_image": result.num_detections / result.num_images,
            "seconds": result.inference_time_s, "images_per_s": result.images_per_s,
            "wall_images_per_s": result.num_images / wall, "peak_gpu_mib_per_image": None}
@@ -106,7 +107,7 @@ def main() -> None:
             rows.append(run_model(model_id, args, root, ann, device))
             r = rows[-1]
             print(f"{model_id}: {r['images_per_s']:.2f} images/s", flush=True)
-    header = (f"{'model':<24} {'device':<34} {'fp16':>5} {'batch':>5} {'images':>6} {'dets/img':>8} "
+    header = (f"{'model':<24} {'device':<34} {'prec':>5} {'batch':>5} {'images':>6} {'dets/img':>8} "
               f"{'images/s':>9} {'with COCOeval':>13} {'GPU MiB/img':>11}")
     print()
     print(f"full eval pipeline, {args.size[0]}x{args.size[1]} images at scale {args.scale[0]}x{args.scale[1]}, "
@@ -116,7 +117,7 @@ def main() -> None:
     print("-" * len(header))
     for r in rows:
         mem = "-" if r["peak_gpu_mib_per_image"] is None else f"{r['peak_gpu_mib_per_image']:.0f}"
-        print(f"{r['model']:<24} {r['device']:<34} {r['fp16']!s:>5} {r['batch_size']:>5} {r['images']:>6} "
+        print(f"{r['model']:<24} {r['device']:<34} {r['precision']:>5} {r['batch_size']:>5} {r['images']:>6} "
               f"{r['detections_per_image']:>8.1f} {r['images_per_s']:>9.2f} {r['wall_images_per_s']:>13.2f} "
               f"{mem:>11}")
     if args.json:

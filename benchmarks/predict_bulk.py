@@ -49,7 +49,7 @@ def run_one(args: argparse.Namespace) -> None:
     ctx = init_distributed(resolve_device(args.device))
     try:
         model = confident_model(args.models[0], proposals=args.proposals)
-        predictor = Predictor(model, device=ctx.device, batch_size=args.batch_size[0], fp16=args.fp16,
+        predictor = Predictor(model, device=ctx.device, batch_size=args.batch_size[0], precision=args.precision,
                               scale=tuple(args.scale))
         sources, _ = expand_inputs([args.input], recursive=True)
         result = predict_bulk(predictor, sources, args.out, fmt="jsonl", render=args.render, workers=args.workers,
@@ -69,8 +69,7 @@ def launch(args: argparse.Namespace, input_dir: Path, out: Path, processes: int,
            __file__, "--as-worker", "--input", str(input_dir), "--out", str(out), "--device", args.device,
            "--models", args.models[0], "--proposals", str(args.proposals), "--batch-size", str(batch_size),
            "--workers", str(args.workers), "--scale", *map(str, args.scale), "--render" if render else "--no-render"]
-    if args.fp16:
-        cmd.append("--fp16")
+    cmd += ["--precision", args.precision]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -91,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--no-render-only", action="store_true", help="skip the runs that render")
     parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)

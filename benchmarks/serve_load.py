@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default=None, help="the server's --devices (one replica per device)")
     p.add_argument("--replicas", type=int, nargs="+", default=[1],
                    help="replicas per device; one server per value")
-    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--scale", type=int, nargs=2, default=(1333, 800), metavar=("LONG", "SHORT"))
     p.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -84,7 +84,7 @@ def serve(args: argparse.Namespace) -> None:
         from anzoo.factory import create_model
 
         model = create_model(args.model, pretrained=args.weights or True, device=args.device)
-    app = create_app({args.model: model}, device=args.device, fp16=args.fp16, scale=tuple(args.scale),
+    app = create_app({args.model: model}, device=args.device, precision=args.precision, scale=tuple(args.scale),
                      api_key="", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=max(64, 2 * max(args.clients)), request_timeout_s=600,
                      devices=parse_devices(args.devices) if args.devices else None, replicas=args.replicas[0])

@@ -276,5 +276,5 @@ class _BulkRun:
             digest.update(f"{source.key}\0{source.path}\0{source.frame}\n".encode())
         p = self.predictor
         return {**self.extra, "inputs": digest.hexdigest(), "format": self.fmt, "render": self.render,
-                "score_thr": self.score_thr, "scale": list(p.scale), "fp16": p.fp16,
+                "score_thr": self.score_thr, "scale": list(p.scale), "precision": p.precision,
                 "device": device_kind(p.device), "mask_paste": p.mask_paste, "channels_last": p.channels_last}

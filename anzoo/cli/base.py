@@ -230,7 +230,11 @@ DeviceOpt = Annotated[str, typer.Option(
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Checkpoint to use instead of the cached release (mmdet-v1 or anzoo format).",
     show_default=False)]
-Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA (bfloat16 on CPU).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="fp32; bf16 (bfloat16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX, "
+                        "much slower on other CPUs); fp16 (float16 autocast, CUDA only).")]
+Fp16Opt = Annotated[bool, typer.Option(
+    "--fp16", help="Deprecated: --precision fp16 on CUDA, bf16 on the CPU.", hidden=True)]
 
 
 class Scale(NamedTuple):
@@ -311,6 +315,20 @@ def load_model(model_id: str, weights: Path | None, device: str) -> Any:
     if weights is not None and weights.suffix.lower() == ".onnx":
         return load_exported(model_id, weights)
     return create_model(model_id, pretrained=weights if weights is not None else True, device=device)
+
+
+def precision_flag(precision: str, fp16: bool, device: str) -> str:
+    """--precision (or the deprecated --fp16, with a warning), checked against --device before
+    any model is loaded."""
+    from ..runtime import check_precision, resolve_device
+
+    dev = resolve_device(device)
+    if fp16:
+        alias = "fp16" if dev.type == "cuda" else "bf16"
+        log.warning("--fp16 is deprecated: use --precision %s", alias)
+        if precision == "fp32":
+            precision = alias
+    return check_precision(precision, dev)
 
 
 def load_exported(model_id: str, weights: Path, backend: str = "onnxruntime") -> Any:

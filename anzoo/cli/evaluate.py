@@ -14,12 +14,15 @@ from ..data.defaults import TEST_SCALE
 from ..errors import AnzooError
 from .base import (
     DeviceOpt,
+    Fp16Opt,
     JsonOpt,
+    PrecisionOpt,
     TestScaleOpt,
     check_weights_given,
     default_workers,
     fail,
     long_short,
+    precision_flag,
     command,
     console,
     print_error,
@@ -119,7 +122,8 @@ def eval_(
         "--workers", "-w", min=0, help="DataLoader processes decoding and resizing images (default: 4, at "
                                        "most the CPUs per process).", show_default=False)] = None,
     device: DeviceOpt = "auto",
-    fp16: Annotated[bool, typer.Option("--fp16", help="Autocast to float16 on CUDA.")] = False,
+    precision: PrecisionOpt = "fp32",
+    fp16: Fp16Opt = False,
     scale: TestScaleOpt = TEST_SCALE,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from its partial results in --out.")] = False,
@@ -135,9 +139,10 @@ def eval_(
     from ..evaluation import evaluate_zoo, evaluate_zoo_model, resolve_coco_files
 
     model_id = _check_eval_options(model_id, all_, weights)
+    precision = precision_flag(precision, fp16, device)
     files = resolve_coco_files(coco, ann, images)
     options: dict[str, Any] = {"limit": limit, "batch_size": batch_size, "workers": workers,
-                               "device": device, "fp16": fp16, "scale": long_short(scale),
+                               "device": device, "precision": precision, "scale": long_short(scale),
                                "resume": resume}
     if gpus > 1 and not launched_by_torchrun():
         _check_gpus(gpus, device)

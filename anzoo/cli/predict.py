@@ -17,8 +17,10 @@ from . import base
 from .base import (
     DeviceOpt,
     Fp16Opt,
+    PrecisionOpt,
     TestScaleOpt,
     WeightsOpt,
+    precision_flag,
     command,
     console,
     log,
@@ -95,6 +97,7 @@ def predict(
     workers: Annotated[int, typer.Option("--workers", min=0, max=64,
                                          help="Processes decoding images (0: in this one).")] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    precision: PrecisionOpt = "fp32",
     fp16: Fp16Opt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Images per forward pass.")] = 1,
     scale: TestScaleOpt = TEST_SCALE,
@@ -116,6 +119,7 @@ def predict(
     from ..inference import Predictor
     from ..runtime import resolve_device
 
+    precision = precision_flag(precision, fp16, device)
     if process_rank() > 0:  # one process speaks for all
         logging.getLogger("anzoo").setLevel(logging.WARNING)
     ctx = init_distributed(resolve_device(device))
@@ -130,7 +134,8 @@ def predict(
             raise typer.Exit(1)
         loaded = (base.load_model(model, weights, str(ctx.device) if ctx.distributed else device)
                   if backend is None else base.load_exported(model, weights or Path(""), backend))
-        predictor = Predictor(loaded, device=ctx.device if ctx.distributed else None, fp16=fp16, batch_size=batch_size,
+        predictor = Predictor(loaded, device=ctx.device if ctx.distributed else None, precision=precision,
+                              batch_size=batch_size,
                               scale=long_short(scale))
         per_image = output_format == OutputFormat.files and not ctx.distributed
         if ctx.is_main:

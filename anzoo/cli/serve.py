@@ -11,9 +11,11 @@ from . import base
 from .base import (
     DeviceOpt,
     Fp16Opt,
+    PrecisionOpt,
     TestScaleOpt,
     WeightsOpt,
     long_short,
+    precision_flag,
     command,
     log,
 )
@@ -73,6 +75,7 @@ def serve(
                                       help="TCP port (or $ANZOO_PORT).")] = 8000,
     max_batch: MaxBatchOpt = 8,
     max_wait_ms: MaxWaitOpt = 10.0,
+    precision: PrecisionOpt = "fp32",
     fp16: Fp16Opt = False,
     max_queue: MaxQueueOpt = 64,
     timeout: TimeoutOpt = 60.0,
@@ -109,6 +112,7 @@ def serve(
                              max_buffered_bytes=int(max_buffered_mb * 1_000_000),
                              decode_memory_bytes=int(decode_memory_mb * 1_000_000),
                              max_mask_pixels=int(max_mask_mpx * 1_000_000))
+    precision = precision_flag(precision, fp16, device)
     placed = parse_devices(devices) if devices is not None else None
     check_listen_address(host, port)  # before minutes of downloading and loading
     if placed is not None:
@@ -117,8 +121,9 @@ def serve(
     for model_id in model_ids:
         log.info("loading %s", model_id)
         loaded[model_id] = base.load_model(model_id, weights, device)
-    app = create_app(loaded, settings=settings, device=device, fp16=fp16, scale=long_short(scale),
+    app = create_app(loaded, settings=settings, device=device, precision=precision, scale=long_short(scale),
                      devices=placed, replicas=replicas)
+    loaded.clear()  # the predictors run their own (folded) copies: free the originals
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach it may use it "

@@ -113,6 +113,6 @@ def markdown_report(rows: Sequence[ReportRow], title: str = "anzoo eval --all: C
     done = [r.result for r in rows if r.result is not None]
     if done:
         first = done[0]
-        lines += [(f"Device: {first.device}; batch size {first.batch_size}; fp16 {first.fp16}; "
+        lines += [(f"Device: {first.device}; batch size {first.batch_size}; precision {first.precision}; "
                    f"{first.world_size} process(es); scale {first.scale[0]}x{first.scale[1]}."), ""]
     return "\n".join(lines)

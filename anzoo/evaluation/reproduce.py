@@ -57,7 +57,7 @@ def evaluate_zoo_model(model_id: str, files: CocoFiles, out_dir: str | os.PathLi
 
     The annotations are read first (``coco``: already read), so a broken dataset fails before
     any download. ``batch_size`` None: :func:`default_batch_size`; ``options`` go to
-    :func:`~anzoo.evaluation.evaluate` (``limit``, ``workers``, ``fp16``, ``scale``, ``resume``, ...).
+    :func:`~anzoo.evaluation.evaluate` (``limit``, ``workers``, ``precision``, ``scale``, ``resume``, ...).
     """
     coco = coco if coco is not None else load_coco_annotations(files.ann_file)
     batch_size = batch_size if batch_size is not None else default_batch_size(device)

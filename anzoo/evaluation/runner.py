@@ -48,7 +48,7 @@ from ..inference import Predictor
 from ..log import progress_bar
 from ..models.detection.detections import Detections
 from ..models.detection.detector import TwoStageDetector
-from ..runtime import device_kind, resolve_device
+from ..runtime import check_precision, device_kind, precision_from_fp16, resolve_device
 from ..structures import Instances
 from .dataset import label_category_ids
 from .metrics import IOU_TYPES, METRIC_NAMES, Comparison, coco_evaluate, compare, is_coco_val2017, overall_verdict
@@ -81,7 +81,7 @@ class EvalResult:
     inference_time_s: float
     images_per_s: float  # images_this_run / inference_time_s (all processes together)
     device: str
-    fp16: bool
+    precision: str  # fp32, bf16 or fp16
     batch_size: int
     world_size: int
     scale: tuple[int, int]
@@ -114,6 +114,8 @@ class EvalResult:
     def from_json(cls, data: Mapping[str, Any]) -> EvalResult:
         names = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in data.items() if k in names}
+        if "precision" not in data:  # written before `precision` replaced `fp16`
+            kwargs["precision"] = "bf16" if data.get("fp16") else "fp32"
         kwargs["scale"] = tuple(kwargs["scale"])
         return cls(**kwargs)
 
@@ -132,7 +134,7 @@ def evaluate(
     batch_size: int = 1,
     workers: int = 2,
     device: str | torch.device | None = "auto",
-    fp16: bool = False,
+    precision: str = "fp32",
     scale: Sequence[int] = TEST_SCALE,
     resume: bool = False,
     legacy_box: bool = True,
@@ -142,6 +144,7 @@ def evaluate(
     progress: bool = True,
     coco: COCO | None = None,
     distributed: bool = True,
+    fp16: bool | None = None,
 ) -> EvalResult:
     """Evaluate a detector on a COCO-format dataset with pycocotools (bbox and segm).
 
@@ -160,7 +163,7 @@ def evaluate(
         batch_size: images per forward pass (equal padded shapes only: results do not change).
         workers: DataLoader processes decoding and resizing images (0: in the main thread).
         device: 'auto', 'cpu', 'cuda'; under torchrun each process takes cuda:LOCAL_RANK.
-        fp16: autocast (float16 on CUDA).
+        precision: 'fp32', 'bf16' or 'fp16' (CUDA), as :class:`~anzoo.inference.Predictor`.
         scale: test-time (long, short) resize limits; the table was made at (1333, 800).
         resume: continue from the partial results in ``out_dir`` instead of starting over.
         legacy_box: write boxes as mmdetection v1 did (``w = x2 - x1 + 1``); the released
@@ -171,10 +174,12 @@ def evaluate(
         progress: show a progress bar on stderr (rank 0).
         coco: ``ann_file`` already loaded (:func:`anzoo.data.coco.load_coco_annotations`).
         distributed: join torchrun's process group (False: this process alone evaluates all).
+        fp16: deprecated alias of ``precision`` (True: 'fp16' on CUDA, 'bf16' elsewhere).
     """
     started = time.perf_counter()
     files = ResultStore(out_dir)
     dev = resolve_device(device)
+    precision = check_precision(precision if fp16 is None else precision_from_fp16(fp16, dev), dev)
     ctx = init_distributed(dev) if distributed else DistContext(device=dev)
     try:
         if ctx.distributed:
@@ -185,7 +190,7 @@ def evaluate(
             ctx=ctx, model=model, ann_file=Path(ann_file), image_dir=Path(image_dir), store=files,
             model_id=model_id if model_id is not None else getattr(model, "model_id", None),
             weights=weights, weights_sha256=weights_sha256, expected=expected, limit=limit,
-            batch_size=batch_size, workers=workers, device=dev, fp16=fp16, scale=(int(scale[0]), int(scale[1])),
+            batch_size=batch_size, workers=workers, device=dev, precision=precision, scale=(int(scale[0]), int(scale[1])),
             resume=resume, legacy_box=legacy_box, post_threads=post_threads, mask_paste=mask_paste,
             channels_last=channels_last, progress=progress, started=started, coco=coco,
         ).run()
@@ -239,7 +244,7 @@ class _Evaluation:
     batch_size: int
     workers: int
     device: torch.device
-    fp16: bool
+    precision: str
     scale: tuple[int, int]
     resume: bool
     legacy_box: bool
@@ -260,7 +265,7 @@ class _Evaluation:
         partial = len(target_ids) < len(all_ids)
         dataset = CocoImageDataset(coco, self.image_dir, target_ids, scale=self.scale)
         self.category_ids = label_category_ids(self.model.class_names, coco, self.model.num_classes)
-        self.predictor = Predictor(self.model, device=self.device, fp16=self.fp16, batch_size=self.batch_size,
+        self.predictor = Predictor(self.model, device=self.device, precision=self.precision, batch_size=self.batch_size,
                                    mask_paste=self.mask_paste, channels_last=self.channels_last,
                                    scale=self.scale)
 
@@ -410,7 +415,7 @@ class _Evaluation:
             images_this_run=images_this_run, wall_time_s=time.perf_counter() - self.started,
             inference_time_s=inference_time,
             images_per_s=images_this_run / inference_time if inference_time > 0 else 0.0,
-            device=_device_name(self.device), fp16=self.fp16, batch_size=self.batch_size,
+            device=_device_name(self.device), precision=self.precision, batch_size=self.batch_size,
             world_size=self.ctx.world_size, scale=self.scale, ann_file=str(self.ann_file),
             image_dir=str(self.image_dir), out_dir=str(self.store.out_dir),
             weights=None if self.weights is None else str(self.weights), weights_sha256=self.weights_sha256,
@@ -432,7 +437,7 @@ class _Evaluation:
         return {"model_id": self.model_id, "weights_sha256": self.weights_sha256,
                 "num_classes": self.model.num_classes, "ann_file": str(self.ann_file.resolve()),
                 "image_dir": str(self.image_dir.resolve()), "scale": list(self.scale),
-                "legacy_box": self.legacy_box, "fp16": self.fp16, "device": device_kind(self.device),
+                "legacy_box": self.legacy_box, "precision": self.precision, "device": device_kind(self.device),
                 "mask_paste": self.predictor.mask_paste, "channels_last": self.channels_last}
 
     def _expected(self, coco: Any) -> dict[str, float | None]:

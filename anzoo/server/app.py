@@ -50,16 +50,17 @@ API_KEY_ENV = "ANZOO_API_KEY"
 
 
 def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = None,
-               device: str | torch.device | None = None, fp16: bool = False,
+               device: str | torch.device | None = None, precision: str = "fp32",
                scale: tuple[int, int] = TEST_SCALE, devices: Sequence[str | torch.device] | None = None,
-               replicas: int = 1, **setting_overrides: Any) -> FastAPI:
+               replicas: int = 1, fp16: bool | None = None, **setting_overrides: Any) -> FastAPI:
     """The service for ready models.
 
     Args:
         models: model id -> a detector (``anzoo.create_model``) or a configured ``Predictor``.
             The first one is the default.
         settings: limits and behaviour; keyword overrides (e.g. ``max_batch=1``) apply on top.
-        device, fp16, scale: how detectors (not Predictors) are run.
+        device, precision, scale: how detectors (not Predictors) are run (see ``Predictor``;
+            ``fp16`` is its deprecated alias of ``precision``).
         devices, replicas: ``replicas`` copies of every model on each of ``devices`` (default:
             the models' device), fed from one queue (see :mod:`~anzoo.server.replicas`).
 
@@ -70,7 +71,8 @@ def create_app(models: Mapping[str, Any], *, settings: ServeSettings | None = No
     if settings.api_key is None:
         settings = replace(settings, api_key=os.environ.get(API_KEY_ENV, "").strip())
     predictors = {
-        model_id: m if isinstance(m, Predictor) else Predictor(m, device=device, fp16=fp16, scale=scale)
+        model_id: m if isinstance(m, Predictor) else Predictor(m, device=device, precision=precision, scale=scale,
+                                                             fp16=fp16)
         for model_id, m in models.items()
     }
     placed = build_replicas(predictors, [torch.device(d) for d in devices or ()], replicas)

@@ -3,7 +3,7 @@ several on the CPU (``--replicas``), each run by a worker thread of the service'
 
 Replicas on one device share the model's weights (they only read them); a replica on another
 device gets its own copy. Every replica's predictor is configured as the one it is made from
-(scale, fp16, mask pasting, memory format), so that any of them gives the same answer. CPU
+(scale, precision, mask pasting, memory format), so that any of them gives the same answer. CPU
 replicas split the torch threads between them: each worker sets its share on its own thread
 (OpenMP keeps a thread count per thread; threads started later, such as the decoding pool's,
 start with the last one set, a share too).
@@ -63,7 +63,7 @@ def parse_devices(spec: str) -> list[torch.device]:
 
 
 def _predictor_on(reference: Predictor, device: torch.device, model: torch.nn.Module) -> Predictor:
-    return Predictor(model, device=device, fp16=reference.fp16, batch_size=reference.batch_size,
+    return Predictor(model, device=device, precision=reference.precision, batch_size=reference.batch_size,
                      mask_paste=reference.mask_paste, channels_last=reference.channels_last,
                      scale=reference.scale)
 

@@ -116,7 +116,8 @@ class ModelInfo(BaseModel):
     id: str
     default: bool
     device: str
-    fp16: bool
+    precision: Literal["fp32", "bf16", "fp16"] = Field(..., description="Numeric precision of the model's forward.")
+    fp16: bool = Field(..., description="Deprecated: precision is not fp32.")
     scale: list[int] = Field(..., description="Test scale [long side, short side].")
     num_classes: int
     zoo: Optional[ZooInfo] = Field(None, description="The zoo entry the model comes from.")

@@ -470,7 +470,8 @@ class SegmentService:
             except AnzooError:
                 zoo_info = None
             out.append(ModelInfo(id=model_id, default=model_id == self.default_model,
-                                 device=str(predictor.device), fp16=predictor.fp16,
+                                 device=str(predictor.device), precision=predictor.precision,
+                                 fp16=predictor.fp16,
                                  scale=list(predictor.scale),
                                  num_classes=len(predictor.class_names()), zoo=zoo_info,
                                  replicas=replicas))

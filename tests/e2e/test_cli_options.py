@@ -2,7 +2,7 @@
 (autocast in the forward), ``--no-pretrained-backbone`` (nothing frozen, batch statistics),
 ``--train-ann/--train-images/--val-ann/--val-images`` (another layout), ``--max-iters``,
 ``--keep-checkpoints``, ``--from`` (a file or a zoo id: the weights it starts from) and the
-option checks; ``anzoo predict --batch-size/--fp16``; ``anzoo eval --batch-size/--fp16/--resume``
+option checks; ``anzoo predict --batch-size/--precision``; ``anzoo eval --batch-size/--precision/--resume``
 (with the oracle model of ``test_eval_oracle``, so the AP stays 1.000).
 
 Kept cheap: tiny synthetic images, ``--img-scale 128x96``, one or two iterations, 50 RPN
@@ -206,7 +206,7 @@ def limit_proposals(monkeypatch: pytest.MonkeyPatch, proposals: int = 10, max_pe
     monkeypatch.setattr(anzoo.factory, "create_model", create)
 
 
-def test_predict_batch_size_and_fp16(predict_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_batch_size_and_precision(predict_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     limit_proposals(monkeypatch)
     watch = Watch(monkeypatch, "detect")
     rng = np.random.default_rng(0)
@@ -230,12 +230,14 @@ def test_predict_batch_size_and_fp16(predict_weights: Path, tmp_path: Path, monk
     two = predict("two", "--batch-size", "2")
     assert sorted(n for n, _ in watch.calls) == [1, 1, 2]  # a pair of the same shape, then the rest
     assert two == one and sum(map(len, one.values())) > 0  # batching never changes results
-    # --fp16: bfloat16 autocast on the CPU (slow without native support: one image, smallest scale,
-    # 2 proposals, 1 detection)
+    # --precision bf16: bfloat16 autocast on the CPU (slow without native support: one image,
+    # smallest scale, 2 proposals, 1 detection)
     limit_proposals(monkeypatch, proposals=2, max_per_img=1)
-    low = predict("fp16", "--fp16", inputs=images[:1], scale="32x32")
+    low = predict("bf16", "--precision", "bf16", inputs=images[:1], scale="32x32")
     assert watch.calls == [(1, torch.bfloat16)]
     assert len(low["img0.json"]) == 1
+    assert predict("fp16", "--fp16", inputs=images[:1], scale="32x32") == low  # the deprecated alias
+    assert watch.calls == [(1, torch.bfloat16)]
 
 
 # --------------------------------------------------------------------------- eval
@@ -246,7 +248,7 @@ def oracle_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_eval_batch_size_fp16_and_resume(oracle_dataset: Path, tmp_path: Path,
+def test_eval_batch_size_precision_and_resume(oracle_dataset: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     oracle = oracle_for(oracle_dataset / "annotations" / "instances_val2017.json")
     monkeypatch.setattr(anzoo.factory, "create_model", lambda *args, **kwargs: oracle)
@@ -267,11 +269,11 @@ def test_eval_batch_size_fp16_and_resume(oracle_dataset: Path, tmp_path: Path,
     result = run("batched", "--batch-size", "2")
     assert result.exit_code == 0, result.output
     assert oracle.calls == [(2, None)] * 3 and ap("batched") == pytest.approx((1.0, 1.0))
-    # --fp16: the model runs under autocast (bfloat16 on the CPU)
-    result = run("fp16", "--fp16")
+    # --precision bf16: the model runs under bfloat16 autocast
+    result = run("bf16", "--precision", "bf16")
     assert result.exit_code == 0, result.output
     assert oracle.calls == [(1, torch.bfloat16)] * 6
-    assert read_json(tmp_path / "fp16" / "metrics.json")["fp16"] is True
+    assert read_json(tmp_path / "bf16" / "metrics.json")["precision"] == "bf16"
     # --resume: a run stopped after 2 images continues with the 4 others, none counted twice
     oracle.interrupt_after = 2
     result = run("resumed")

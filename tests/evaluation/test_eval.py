@@ -259,19 +259,22 @@ class Interrupt:
         self.model, self.after, self.calls = model, after, 0
 
     def __enter__(self):
-        real = self.model.detect
+        # on the class: the predictor runs a copy of the model (its BatchNorms folded), and an
+        # instance attribute would be copied as it is, calling the unfolded original
+        self.cls, self.real = type(self.model), type(self.model).detect
+        real = self.real
 
-        def detect(*args, **kwargs):
+        def detect(model, *args, **kwargs):
             self.calls += 1
             if self.calls > self.after:
                 raise KeyboardInterrupt
-            return real(*args, **kwargs)
+            return real(model, *args, **kwargs)
 
-        self.model.detect = detect
+        self.cls.detect = detect
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.model.detect
+        self.cls.detect = self.real
 
 
 def test_resume_after_an_interruption_gives_the_same_metrics(model, dataset: Path, reference: EvalResult,

@@ -1,11 +1,15 @@
 """The fast inference paths give the reference paths' detections, on the CPU."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
+from anzoo.errors import AnzooError
 from anzoo.inference import Predictor
+from anzoo.models.layers.fold import FoldedNorm
 from anzoo.testing import SMALL_SCALE, confident_model
 
 
@@ -90,10 +94,69 @@ SCORE_TOL = 0.02
 def test_bf16_autocast_on_cpu_stays_close(model):
     images = _images()[:1]
     ref = Predictor(model, scale=BF16_SCALE).predict_instances(images)[0]
-    low = Predictor(model, scale=BF16_SCALE, fp16=True).predict_instances(images)[0]
+    low = Predictor(model, scale=BF16_SCALE, precision="bf16").predict_instances(images)[0]
     assert len(ref) >= TOP
     pairs = match_one_to_one(ref, low, TOP)
     assert len(pairs) == TOP  # every top detection is found again, each by its own partner
     # bfloat16 keeps 8 bits of mantissa: boxes move by a tenth of a pixel (see BOX_PX_TOL)
     assert max(d for _, _, d, _ in pairs) <= BOX_PX_TOL
     assert max(s for _, _, _, s in pairs) <= SCORE_TOL
+
+
+def test_precision_is_checked_and_fp16_is_its_deprecated_alias(model):
+    for bad in ("fp64", "bfloat16", ""):
+        with pytest.raises(AnzooError, match="not one of fp32, bf16, fp16"):
+            Predictor(model, precision=bad, device="cpu")
+    with pytest.raises(AnzooError, match="CUDA GPUs only"):  # float16 autocast has no fast CPU kernels
+        Predictor(model, precision="fp16", device="cpu")
+    with pytest.warns(FutureWarning, match="`fp16` is deprecated"):
+        alias = Predictor(model, fp16=True, device="cpu")
+    assert alias.precision == "bf16" and alias.fp16  # on the CPU fp16=True always meant bfloat16
+    with pytest.warns(FutureWarning):
+        assert Predictor(model, fp16=False, device="cpu").precision == "fp32"
+    assert Predictor(model, device="cpu").precision == "fp32"
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_autocast_of_the_forward(model, monkeypatch, precision, dtype):
+    seen = []
+
+    def detect(images, metas, with_masks=True):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return []
+
+    predictor = Predictor(model, precision=precision, scale=SMALL_SCALE)
+    monkeypatch.setattr(predictor.model, "detect", detect)
+    predictor.detect(_images()[:1])
+    assert seen == [dtype]
+
+
+#: folded against unfolded norms (same float32 model, eval-mode BatchNorms and AN's
+#: normalisation folded into the convolutions). Measured with tools/tolerances/fold_spread.py on
+#: an AMD EPYC (AVX2): boxes moved by at most 6.1e-5 px and scores by at most 1.1e-6 (1 or 2
+#: threads, ATEN_CPU_CAPABILITY=default|avx2, ONEDNN_MAX_CPU_ISA=AVX2). Margins of 80x and 45x:
+#: on other CPUs the kernels' own spread (the parity tests': up to 2.5e-3 px) may add to it.
+FOLD_BOX_TOL = 5e-3
+FOLD_SCORE_TOL = 5e-5
+
+
+def folded_and_unfolded(model):
+    """Detections of ``model`` with BatchNorm statistics away from the identity, with and without folding."""
+    from helpers.norms import randomize_batch_norms
+
+    varied = randomize_batch_norms(copy.deepcopy(model))
+    images = _images()
+    plain = Predictor(varied, scale=SMALL_SCALE, fold_norms=False)
+    folded = Predictor(varied, scale=SMALL_SCALE)
+    return plain, folded, plain.predict_instances(images), folded.predict_instances(images)
+
+
+def test_folded_norms_keep_detections(model):
+    plain, folded, ref, out = folded_and_unfolded(model)
+    assert (plain.folded_norms, folded.folded_norms) == (0, 53)  # r50-an: 37 BatchNorms, 16 AN
+    assert plain.model is not folded.model and not any(isinstance(m, FoldedNorm) for m in plain.model.modules())
+    for a, b in zip(ref, out):
+        assert len(a) == len(b) > 0 and torch.equal(a.labels, b.labels)
+        torch.testing.assert_close(a.boxes, b.boxes, atol=FOLD_BOX_TOL, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=FOLD_SCORE_TOL, rtol=0)
+        assert _mask_iou(a.masks, b.masks).min() >= 0.98

@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 
@@ -172,6 +173,7 @@ def test_models_health_ready(client: TestClient) -> None:
     models = client.get("/models").json()["models"]
     assert [m["id"] for m in models] == [MODEL_ID]
     assert models[0]["default"] and models[0]["scale"] == list(SCALE) and models[0]["num_classes"] == 80
+    assert models[0]["precision"] == "fp32" and models[0]["fp16"] is False
     assert models[0]["zoo"]["backbone_norm"] == "an" and models[0]["zoo"]["mask_ap"] > 0
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -771,3 +773,15 @@ def test_cli_serve_on_a_busy_port_fails_before_loading_the_model(monkeypatch: py
     assert lines == [f"error: port {port} on 127.0.0.1 is in use (is another server running there?); "
                      "choose another with --port"], result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("options,precision", [({"precision": "bf16"}, "bf16"), ({"fp16": True}, "bf16")])
+def test_precision_reaches_the_predictors(model: torch.nn.Module, options: dict, precision: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = create_app({MODEL_ID: model}, scale=SCALE, api_key="", warmup=False, device="cpu", **options)
+    assert [str(w.message) for w in caught if w.category is FutureWarning] == (
+        ["`fp16` is deprecated: use `precision='fp16'` (CUDA) or `precision='bf16'`"] if "fp16" in options else [])
+    assert app.state.service.predictors[MODEL_ID].precision == precision
+    with TestClient(app) as c:
+        assert c.get("/models").json()["models"][0]["precision"] == precision

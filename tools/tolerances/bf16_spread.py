@@ -14,21 +14,13 @@ minutes there.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from variants import spread_main
+
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = {
-    "default, 1 thread": {"ANZOO_THREADS": "1"},
-    "default, 2 threads": {"ANZOO_THREADS": "2"},
-    "ATEN_CPU_CAPABILITY=default": {"ATEN_CPU_CAPABILITY": "default", "ANZOO_THREADS": "1"},
-    "ATEN_CPU_CAPABILITY=avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ANZOO_THREADS": "1"},
-    "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ANZOO_THREADS": "1"},
-}
 
 
 def measure() -> dict:
@@ -44,7 +36,7 @@ def measure() -> dict:
     model = confident_model("r50-an-gn", proposals=40)
     image = _images()[:1]
     ref = Predictor(model, scale=BF16_SCALE).predict_instances(image)[0]
-    low = Predictor(model, scale=BF16_SCALE, fp16=True).predict_instances(image)[0]
+    low = Predictor(model, scale=BF16_SCALE, precision="bf16").predict_instances(image)[0]
     pairs = match_one_to_one(ref, low, TOP)
     return {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "detections": [len(ref), len(low)], "matched": len(pairs),
@@ -52,20 +44,10 @@ def measure() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--one", action="store_true", help="measure in this process only")
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure()))
-        return
-    print(f"{'variant':32} {'capability':10} {'matched':>7} {'max box px':>10} {'max score':>10}")
-    for name, env in VARIANTS.items():
-        out = subprocess.run([sys.executable, __file__, "--one"], env={**os.environ, **env, "OMP_NUM_THREADS":
-                                                                       env["ANZOO_THREADS"]},
-                             capture_output=True, text=True, check=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        print(f"{name:32} {r['capability']:10} {r['matched']:>7} {max(r['box_px']):>10.4f} "
-              f"{max(r['score']):>10.2e}   boxes {['%.3f' % d for d in r['box_px']]}")
+    spread_main(__file__, __doc__, measure,
+                f"{'variant':32} {'capability':10} {'matched':>7} {'max box px':>10} {'max score':>10}",
+                lambda name, r: f"{name:32} {r['capability']:10} {r['matched']:>7} {max(r['box_px']):>10.4f} "
+                                f"{max(r['score']):>10.2e}   boxes {['%.3f' % d for d in r['box_px']]}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride) -> 1x1 x4 residual block."""
 
     expansion = 4
+    #: (conv, the norm that follows it): BatchNorms that inference folds (anzoo.models.layers.fold)
+    CONV_NORM_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, in_channels: int, width: int, stride: int = 1, *,
                  norm: str = "bn", mid_norm: str | None = None, k: int | None = None) -> None:
@@ -94,6 +96,9 @@ class ResNet(Backbone):
         zero_init_residual: start each block's last norm at gamma = 0, as the AOGNet-v2 configs
             do (``norm_zero_gamma_init``); only matters when training from scratch.
     """
+
+    #: (conv, the norm that follows it): BatchNorms that inference folds (anzoo.models.layers.fold)
+    CONV_NORM_PAIRS = (("conv1", "bn1"),)
 
     def __init__(self, depths: Sequence[int], norm: str = "bn", num_classes: int | None = None, *,
                  an_k: Sequence[int] = AN_K_PER_STAGE, frozen_stages: int = -1,

@@ -64,14 +64,24 @@ class AttentionWeights(nn.Module):
         xs = x.to(stat_dtype(x))
         mean = F.adaptive_avg_pool2d(xs, 1)
         var = torch.var(xs, dim=(2, 3), keepdim=True, correction=1)
+        return AttentionWeights.standardize(mean, var)
+
+    @staticmethod
+    def standardize(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """Channel means and unbiased variances -> the attention's input."""
         return mean * torch.rsqrt(var + ATTENTION_VAR_EPS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            t = self.conv(self.standardized_means(x))
+    def from_standardized_means(self, means: torch.Tensor) -> torch.Tensor:
+        """(N, k) mixture weights from :meth:`standardized_means`' (N, C, 1, 1) output."""
+        with torch.autocast(device_type=means.device.type, enabled=False):
+            t = self.conv(means)
             if self.norm is not None:
                 t = self.norm(t)
             return self.gate(t).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.from_standardized_means(self.standardized_means(x))
 
 
 def _apply_mixture(normalized: torch.Tensor, lam: torch.Tensor, weight: torch.Tensor,

@@ -47,6 +47,9 @@ def _round_half_up(x: float) -> int:
 class ConvNormAct(nn.Module):
     """conv (no bias) -> BatchNorm -> optional ReLU."""
 
+    #: (conv, the norm that follows it): BatchNorms that inference folds (anzoo.models.layers.fold)
+    CONV_NORM_PAIRS = (("conv", "norm"),)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  act: bool = True) -> None:
         super().__init__()
@@ -66,6 +69,9 @@ class NodeOp(nn.Module):
     widths differ) to 1x1-BN-ReLU -> 3x3-norm-ReLU -> 1x1-BN[-Dropout2d], then applies ReLU.
     ``mid_norm`` is the 3x3 conv's norm ('bn' or 'an' with ``k`` components).
     """
+
+    #: (conv, the norm that follows it): BatchNorms that inference folds (anzoo.models.layers.fold)
+    CONV_NORM_PAIRS = (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"))
 
     def __init__(self, in_channels: int, out_channels: int, *, mid_norm: str = "bn",
                  k: int | None = None, drop_rate: float = 0.0, bottleneck_ratio: float = 0.25) -> None:
@@ -191,6 +197,9 @@ class AOGBlock(nn.Module):
 
 class Transition(nn.Module):
     """Downsampling before a stage's first block: 1x1 conv-BN-ReLU, then average pooling."""
+
+    #: (conv, the norm that follows it): BatchNorms that inference folds (anzoo.models.layers.fold)
+    CONV_NORM_PAIRS = (("conv", "norm"),)
 
     def __init__(self, channels: int, stride: int) -> None:
         super().__init__()
