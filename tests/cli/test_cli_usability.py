@@ -26,6 +26,8 @@ def test_help_fits_80_columns_and_flags_look_like_flags(command: str) -> None:
     assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
     assert "<bool>" not in result.stdout and "…" not in result.stdout and "╭" not in result.stdout
     for param in COMMANDS[command].params:
+        if getattr(param, "hidden", False):  # deprecated aliases (--fp16) are not listed
+            continue
         for name in [*param.opts, *param.secondary_opts]:
             if name.startswith("--"):
                 assert name in result.stdout, name  # never cut, e.g. `--no-pretraine…`

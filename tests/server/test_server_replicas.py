@@ -87,7 +87,8 @@ def test_replicas_share_a_device_and_split_the_cpu_threads(model: torch.nn.Modul
     assert [r.index for r in replicas] == [0, 1, 2] and [r.threads for r in replicas] == [2, 2, 2]
     assert replicas[0].predictors[MODEL_ID] is reference
     copies = [r.predictors[MODEL_ID] for r in replicas[1:]]
-    assert all(p.model is model and p.scale == SCALE and p.mask_paste == "fast" for p in copies)
+    # the reference's model (folded for inference: a copy of `model`) is shared, not copied again
+    assert all(p.model is reference.model and p.scale == SCALE and p.mask_paste == "fast" for p in copies)
     assert build_replicas({MODEL_ID: reference})[0].threads is None  # one replica: threads left alone
 
 
