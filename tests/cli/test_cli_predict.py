@@ -89,6 +89,7 @@ def test_predict_writes_json_and_png(tmp_path, fake_model):
     assert np.median(np.abs(png[only_top].astype(float) - expected)) <= 2
 
 
+@pytest.mark.slow
 def test_folder_bad_files_and_exit_code(tmp_path, fake_model):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -178,6 +179,7 @@ def test_predict_draws_boxes_thinner_than_a_pixel(tmp_path, fake_model, monkeypa
     assert (png[10, 159] == instance_colour(0)).all()  # the sub-pixel box at the right border, as a line
 
 
+@pytest.mark.slow
 def test_predict_never_pastes_full_size_masks(tmp_path, fake_model, monkeypatch):
     """`anzoo predict` pastes, encodes and draws one mask window at a time; its JSON equals the
     Python API's records of full masks."""

@@ -98,6 +98,7 @@ def test_coco_format_loads_with_pycocotools_and_equals_jsonl(inputs: Path, tmp_p
     assert len(dt.anns) == sum(len(line["instances"]) for line in lines) > 0
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_results(inputs: Path, tmp_path: Path) -> None:
     for workers in ("0", "2"):
         result = _predict(str(inputs), "-r", "--format", "jsonl", "--no-render", "--batch-size", "2",
@@ -106,7 +107,7 @@ def test_workers_give_the_same_results(inputs: Path, tmp_path: Path) -> None:
     assert (tmp_path / "0" / "predictions.jsonl").read_bytes() == (tmp_path / "2" / "predictions.jsonl").read_bytes()
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "coco"])
+@pytest.mark.parametrize("fmt", ["jsonl", pytest.param("coco", marks=pytest.mark.slow)])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(inputs: Path, tmp_path: Path, fmt: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     args = [str(inputs), "-r", "--every", "2", "--format", fmt, "--workers", "0"]
@@ -152,6 +153,7 @@ def test_shards_cover_every_image_once() -> None:
     assert shard_windows(todo, 16, 0, 1) == [todo]
 
 
+@pytest.mark.slow
 def test_many_small_windows_read_by_workers_equal_one_window(inputs: Path, tmp_path: Path, model) -> None:
     """The library under the command: windows of 2 images read by 2 DataLoader workers (a video
     split across them) write what one window read here writes."""

@@ -325,7 +325,7 @@ def test_every_exif_orientation_equals_pillows_transpose(tmp_path: Path, orienta
     assert read_image_size(path) == expected.shape[:2]
 
 
-@pytest.mark.parametrize("mode", ["RGB", "F", "I;16", "P"])
+@pytest.mark.parametrize("mode", [pytest.param("RGB", marks=pytest.mark.slow), "F", "I;16", "P"])
 def test_decoding_makes_no_whole_image_copy(mode: str) -> None:
     """Mode conversion and orientation go a band of rows at a time into the result: the Python
     memory peak (numpy and bytes, not Pillow's own pixels) stays near the (H, W, 3) result.

@@ -245,6 +245,7 @@ def test_expected_values_give_a_verdict(model, dataset: Path, reference: EvalRes
     assert comps["bbox"].verdict == "reproduced" and comps["segm"].verdict == "not reproduced"
 
 
+@pytest.mark.slow
 def test_batches_and_dataloader_workers_give_the_same_results(model, dataset: Path, reference: EvalResult,
                                                              tmp_path: Path) -> None:
     result = run(model, dataset, tmp_path, batch_size=2, workers=1, post_threads=2)
@@ -277,6 +278,7 @@ class Interrupt:
         self.cls.detect = self.real
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_gives_the_same_metrics(model, dataset: Path, reference: EvalResult,
                                                              tmp_path: Path) -> None:
     with Interrupt(model, after=2), pytest.raises(KeyboardInterrupt):
@@ -322,6 +324,7 @@ def test_resume_refuses_results_of_another_device_or_mask_paste(model, dataset: 
     assert len(ResultStore(tmp_path).index()) == 1  # nothing was removed
 
 
+@pytest.mark.slow
 def test_batching_never_changes_results_when_a_file_is_not_its_annotated_size(model, tmp_path: Path) -> None:
     """The sampler batches by annotated sizes; a file of another size is detected at its own
     padded shape all the same, and is reported."""
@@ -512,6 +515,7 @@ def test_cli_eval_all_writes_the_report(dataset: Path, checkpoint: Path, tmp_pat
     assert summary[0]["result"]["num_images"] == 1
 
 
+@pytest.mark.slow
 def test_evaluate_model_for_training(model, dataset: Path, reference: EvalResult) -> None:
     from anzoo.evaluation import evaluate_model
 

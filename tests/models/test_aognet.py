@@ -142,6 +142,7 @@ def test_logits_match_reference_fixture(name, expected):
 
 @pytest.mark.parametrize("name", ["aognet12m-an", "aognet40m-bn"])
 @pytest.mark.parametrize("size", [(800, 1216), (513, 771)])
+@pytest.mark.slow
 def test_full_size_feature_shapes(name, size):
     if name.startswith("aognet12m"):  # a real forward (about a second on one thread)
         model = create_backbone(name).eval()

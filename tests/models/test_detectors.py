@@ -42,6 +42,7 @@ def test_param_count_is_the_tables(model_id):
         assert abs(n / 1e6 - entry.params_m) <= 0.0051, (n, entry.params_m)
 
 
+@pytest.mark.slow
 def test_r50_sn_builds_and_runs():
     model = confident_model("r50-sn")
     inst = Predictor(model, scale=SMALL_SCALE).predict_instances([np.zeros((60, 80, 3), np.uint8)])[0]
@@ -95,6 +96,7 @@ def test_cascade_stage_weights_stay_in_their_stage(tmp_path):
         assert torch.equal(sd[f"mask_head.{s}.convs.2.conv.weight"], own[f"roi_heads.stages.{s}.mask_head.convs.2.0.weight"])
 
 
+@pytest.mark.slow
 def test_checkpoint_inside_a_zip(tmp_path):
     path = mmdet_checkpoint("r50-bn", tmp_path / "epoch_24.pth")
     archive = tmp_path / "r50.zip"

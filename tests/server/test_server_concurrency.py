@@ -180,6 +180,7 @@ def read_answer(sock: socket.socket, answer: Answer, timeout: float) -> None:
 
 
 # --------------------------------------------------------------------------- stalled uploads
+@pytest.mark.slow
 def test_stalled_uploads_get_408_and_others_are_served_meanwhile(model: torch.nn.Module) -> None:
     """Two clients announce a 100 kB body and send 10 bytes of it. With a queue of one image
     and batches of one, they used to hold both places (everyone else got 503) for as long as
@@ -278,6 +279,7 @@ class SlowPredictor(Predictor):
         return super().detect_batch(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_overload_fails_fast_with_503_instead_of_a_late_504(model: torch.nn.Module) -> None:
     """About 1.65 s per image and a 5.8 s timeout: of 6 simultaneous requests, those with up to
     2 ahead (expected result after 4.95 s) are served, the others (6.6 s and more) get a 503 at

@@ -136,6 +136,7 @@ class OutOfMemoryOnBatches(Predictor):
         return super().detect_batch(tensors, metas, with_masks)
 
 
+@pytest.mark.slow
 def test_a_batch_out_of_memory_is_rerun_one_image_at_a_time(models: dict[str, torch.nn.Module]) -> None:
     predictor = OutOfMemoryOnBatches(models[PERSON_MODEL], scale=SCALE)
     app = create_app({PERSON_MODEL: predictor}, api_key="", max_batch=4, max_wait_ms=500, warmup=False)

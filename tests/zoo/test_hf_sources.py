@@ -76,6 +76,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_an_hf_mirror_serves_when_the_first_source_fails(fake_hub: FakeHub, extra_zoo, anzoo_home: Path) -> None:
     data = checkpoint_bytes()
     fake_hub.files["/owner/repo/resolve/v1.0/weights/t.pth"] = data
