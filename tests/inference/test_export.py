@@ -26,6 +26,7 @@ from anzoo import create_model  # noqa: E402
 from anzoo.cli import app  # noqa: E402
 from anzoo.cli import base as cli_base  # noqa: E402
 from anzoo.data.demo import demo_image  # noqa: E402
+from anzoo.errors import AnzooError  # noqa: E402
 from anzoo.hub import sha256_file  # noqa: E402
 from anzoo.inference import Predictor  # noqa: E402
 from anzoo.models.detection.config import RCNNTestConfig  # noqa: E402
@@ -104,6 +105,13 @@ def test_image_without_detections(r50):
     got = Predictor(export.OnnxDetector(r50["path"]), scale=SCALE).detect(gray)[0]
     assert len(expected) == len(got) == 0
     assert tuple(got.boxes.shape) == (0, 4) and tuple(got.mask_probs.shape) == (0, 28, 28)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [{"precision": "bf16"}, {"channels_last": True}, {"device": "cuda"}])
+def test_an_exported_model_refuses_options_it_cannot_honour(r50, option):
+    with pytest.raises(AnzooError, match="an exported model runs on onnxruntime on the CPU"):
+        Predictor(export.OnnxDetector(r50["path"]), scale=SCALE, **option)
 
 
 @pytest.mark.slow
