@@ -118,7 +118,7 @@ MUTANTS: tuple[Mutant, ...] = (
     M("resize-rounds-half-even", "data/transforms.py",
       (("return int(width * factor + 0.5), int(height * factor + 0.5), factor",
         "return round(width * factor), round(height * factor), factor"),),
-      ("tests/fixtures/test_transforms.py",),
+      ("tests/data/test_transforms.py",),
       "resized size with Python's round() (half to even) instead of mmcv's half up"),
     # ------------------------------------------------------------ evaluation
     M("eval-keeps-foreign-classes-only", "evaluation/runner.py",
@@ -132,7 +132,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "a --limit run scores the objects of images it never saw as missed"),
     M("eval-resume-ignored", "cli/evaluate.py",
       (('"resume": resume}', '"resume": False}'),),
-      ("tests/e2e/test_cli_options.py::test_eval_batch_size_fp16_and_resume", "tests/evaluation/test_eval.py"),
+      ("tests/e2e/test_cli_options.py::test_eval_batch_size_precision_and_resume", "tests/evaluation/test_eval.py"),
       "anzoo eval --resume is dropped"),
     # ------------------------------------------------------------ server
     M("retry-after-missing", "server/service.py",
@@ -175,7 +175,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "anzoo predict --score-thr accepts 1.5"),
     M("predict-batch-size-ignored", "cli/predict.py",
       (("fp16=fp16, batch_size=batch_size,", "fp16=fp16, batch_size=1,"),),
-      ("tests/e2e/test_cli_options.py::test_predict_batch_size_and_fp16", "tests/cli/test_cli_predict.py"),
+      ("tests/e2e/test_cli_options.py::test_predict_batch_size_and_precision", "tests/cli/test_cli_predict.py"),
       "anzoo predict --batch-size is dropped"),
     M("unpack-sha256-unchecked", "hub.py",
       (('if digest.hexdigest() != f["sha256"]:', 'if False:'),),
@@ -195,7 +195,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # and got a test (test_server_options.py::test_score_thr_keeps_an_instance_scoring_exactly_it)
     M("results-height-without-plus-one", "data/results.py",
       (("xywh[:, 3] = xyxy[:, 3] - xyxy[:, 1] + extra", "xywh[:, 3] = xyxy[:, 3] - xyxy[:, 1]"),),
-      ("tests/fixtures/test_results.py", "tests/evaluation/test_eval_oracle.py", "tests/evaluation/test_eval.py"),
+      ("tests/data/test_results.py", "tests/evaluation/test_eval_oracle.py", "tests/evaluation/test_eval.py"),
       "COCO boxes: the height without mmdetection v1's +1 (the width keeps it)"),
     M("predictor-batches-mixed-shapes", "inference.py",
       (("groups[padded_shape(*meta.img_shape)].append(i)", "groups[(0, 0)].append(i)"),),

@@ -1,4 +1,4 @@
-"""Regenerate the preprocessing values frozen in ``tests/fixtures/test_transforms.py`` with mmcv 0.2.16,
+"""Regenerate the preprocessing values frozen in ``tests/data/test_transforms.py`` with mmcv 0.2.16,
 the version mmdetection v1 ran: its test pipeline ``Resize(img_scale=(1333, 800),
 keep_ratio=True)`` (``mmcv.imrescale``) -> ``Normalize(to_rgb=True)`` (``mmcv.imnormalize``)
 -> ``Pad(size_divisor=32)`` (``mmcv.impad_to_multiple``), on a BGR image as mmcv reads one.
@@ -80,7 +80,7 @@ def print_values(v: dict) -> None:
 
 
 def stored_values() -> dict:
-    """The values ``tests/fixtures/test_transforms.py`` holds, read from its source."""
+    """The values ``tests/data/test_transforms.py`` holds, read from its source."""
     text = (ROOT / "tests" / "data" / "test_transforms.py").read_text(encoding="utf-8")
     tree = ast.parse(text)
     found: dict = {}
