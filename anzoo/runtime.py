@@ -46,8 +46,11 @@ def precision_from_fp16(fp16: bool, device: torch.device, stacklevel: int = 3) -
     (a FutureWarning, shown once per calling line as Python does)."""
     warnings.warn("`fp16` is deprecated: use `precision='fp16'` (CUDA) or `precision='bf16'`",
                   FutureWarning, stacklevel=stacklevel)
-    if not fp16:
-        return "fp32"
+    return fp16_alias(device) if fp16 else "fp32"
+
+
+def fp16_alias(device: torch.device) -> str:
+    """What the deprecated fp16 switch turns on: float16 on CUDA, bfloat16 elsewhere."""
     return "fp16" if device.type == "cuda" else "bf16"
 
 

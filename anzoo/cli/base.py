@@ -320,11 +320,11 @@ def load_model(model_id: str, weights: Path | None, device: str) -> Any:
 def precision_flag(precision: str, fp16: bool, device: str) -> str:
     """--precision (or the deprecated --fp16, with a warning), checked against --device before
     any model is loaded."""
-    from ..runtime import check_precision, resolve_device
+    from ..runtime import check_precision, fp16_alias, resolve_device
 
     dev = resolve_device(device)
     if fp16:
-        alias = "fp16" if dev.type == "cuda" else "bf16"
+        alias = fp16_alias(dev)
         log.warning("--fp16 is deprecated: use --precision %s", alias)
         if precision == "fp32":
             precision = alias

@@ -21,12 +21,12 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from pycocotools.coco import COCO
@@ -58,7 +58,6 @@ __all__ = ["EvalResult", "evaluate", "evaluate_model"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: size mismatches warned about one by one (all are listed in metrics.json)
 MISMATCH_WARNINGS = 5
@@ -280,7 +279,7 @@ class _Evaluation:
             done = self.store.prepare(self._fingerprint(), self.resume)
             return sorted(done), secrets.token_hex(4)
 
-        done_ids, run_token = self._on_main(plan)
+        done_ids, run_token = self.ctx.run_on_main(plan)
         done = set(done_ids)
         todo = [i for i, image_id in enumerate(target_ids) if image_id not in done]
         if self.ctx.is_main and done:
@@ -298,7 +297,7 @@ class _Evaluation:
                                   size_mismatches)
             return result.to_json()
 
-        return EvalResult.from_json(self._on_main(finish))
+        return EvalResult.from_json(self.ctx.run_on_main(finish))
 
     def _infer(self, dataset: CocoImageDataset, todo: list[int], run_token: str) -> tuple[int, float, list[int]]:
         """Detect, paste and write this process's shard; (images done, seconds, ids of the images
@@ -426,9 +425,6 @@ class _Evaluation:
         return result
 
     # ------------------------------------------------------------------ helpers
-    def _on_main(self, fn: Callable[[], T]) -> T:
-        return self.ctx.run_on_main(fn)
-
     def _fingerprint(self) -> dict[str, Any]:
         """What the results depend on; --resume refuses partial results made otherwise. The
         device (its kind and GPU model: other kernels give slightly other numbers), the mask
