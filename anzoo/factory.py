@@ -191,7 +191,8 @@ def create_model(model_id: str, pretrained: bool | str | os.PathLike[str] = Fals
         model_id: a zoo id (``anzoo.list_models()``), e.g. 'aognet40m-an-gn'.
         pretrained: False (random weights), True (the released weights, downloaded and cached
             through the registry), or the path of a checkpoint: the released mmdetection-v1
-            file (also inside a zip), an anzoo checkpoint, or a state dict.
+            file (also inside a zip), an anzoo checkpoint, or a state dict. (A file from
+            ``anzoo export`` is run by ``anzoo.export.OnnxDetector`` instead.)
         device: 'cpu', 'cuda', 'auto' or a torch.device.
         kwargs: passed on to the builder, as timm does: ``num_classes`` with ``class_names``
             (another set of classes: the weights must then fit them), ``frozen_stages``,
@@ -211,6 +212,9 @@ def create_model(model_id: str, pretrained: bool | str | os.PathLike[str] = Fals
         path = hub.fetch_weights(model_id)
     elif pretrained:
         path = Path(pretrained)
+        if path.suffix.lower() == ".onnx":  # anzoo.export sits above this layer: point at it
+            raise CheckpointError(f"{path} is an ONNX file (`anzoo export`), not a checkpoint: run it with "
+                                  f"anzoo.Predictor(anzoo.export.OnnxDetector({os.fspath(path)!r}))")
     saved: dict[str, Any] = {}
     if path is not None:
         ckpt = read_checkpoint(path)

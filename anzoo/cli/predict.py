@@ -94,8 +94,10 @@ def predict(
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write NAME.png with the masks drawn.")] = True,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Read folders' subfolders too.")] = False,
     every: Annotated[int, typer.Option("--every", min=1, help="Videos: every N-th frame.")] = 1,
-    workers: Annotated[int, typer.Option("--workers", min=0, max=64,
-                                         help="Processes decoding images (0: in this one).")] = 2,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=0, max=64, show_default=False,
+        help="Processes decoding images (0: in this one; default: 2, at most this process's share "
+             "of the CPUs).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     precision: PrecisionOpt = "fp32",
     fp16: Fp16Opt = False,
@@ -141,8 +143,8 @@ def predict(
         if ctx.is_main:
             log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(sources), out)
         result = predict_bulk(
-            predictor, sources, out, fmt=output_format.value, render=render, score_thr=score_thr, workers=workers,
-            resume=resume, ctx=ctx, input_failures=failures, progress=not per_image,
+            predictor, sources, out, fmt=output_format.value, render=render, score_thr=score_thr,
+            workers=base.default_workers(2) if workers is None else workers, resume=resume, ctx=ctx, input_failures=failures, progress=not per_image,
             fingerprint={"model_id": model, "weights": str(weights.resolve()) if weights else "release"},
             on_image=_print_image if per_image else None, max_pixels=max_pixels)
     finally:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,14 +268,14 @@ class _Evaluation:
                                    mask_paste=self.mask_paste, channels_last=self.channels_last,
                                    scale=self.scale)
 
-        if self.ctx.is_main:
-            with self.store.locked():
-                return self._run(coco, dataset, target_ids, all_ids, partial)
-        return self._run(coco, dataset, target_ids, all_ids, partial)
+        with ExitStack() as held:  # the folder's lock, taken on rank 0 and kept to the end
+            return self._run(coco, dataset, target_ids, all_ids, partial, held)
 
     def _run(self, coco: Any, dataset: CocoImageDataset, target_ids: list[int], all_ids: list[int],
-             partial: bool) -> EvalResult:
+             partial: bool, held: ExitStack) -> EvalResult:
         def plan() -> tuple[list[int], str]:
+            # taken here, on rank 0 only, so that every rank hears when another run holds it
+            held.enter_context(self.store.locked())
             done = self.store.prepare(self._fingerprint(), self.resume)
             return sorted(done), secrets.token_hex(4)
 

@@ -42,3 +42,24 @@ def test_two_processes_give_the_metrics_of_one(tmp_path: Path, monkeypatch: pyte
     assert one["num_detections"] == two["num_detections"] > 0
     for name in ("results.bbox.json", "results.segm.json"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+
+
+def test_a_held_folder_stops_every_rank_at_once(tmp_path: Path) -> None:
+    """Another run holds the --out folder: rank 0 cannot take its lock, and every rank hears so
+    at the first broadcast and exits with the message. (Before, only rank 0 knew: torchrun's
+    agent then killed the others; a launcher that does not, such as srun, left them waiting
+    for the process group's timeout.)"""
+    from filelock import FileLock
+
+    root = tmp_path / "coco"
+    make_synthetic_coco(root, num_images=2, seed=5)
+    checkpoint = save_model(confident_model("r50-bn", proposals=10, classes=(0, 2)), tmp_path / "model.pth")
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / ".anzoo-eval.lock")):  # the subprocess times out at 300 s: a hang fails
+        proc = run_under_torchrun(tmp_path, ["eval", "r50-bn", "--coco", str(root), "--weights", str(checkpoint),
+                                             "--out", str(out), "--scale", "128x96", "--workers", "0",
+                                             "--device", "cpu"])
+    assert proc.returncode != 0
+    assert (proc.stdout + proc.stderr).count("another evaluation is writing to") >= 2  # both ranks say it
+    assert not (out / "metrics.json").exists()

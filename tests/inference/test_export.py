@@ -29,10 +29,11 @@ from anzoo.data.demo import demo_image  # noqa: E402
 from anzoo.errors import AnzooError  # noqa: E402
 from anzoo.hub import sha256_file  # noqa: E402
 from anzoo.inference import Predictor  # noqa: E402
-from anzoo.models.detection.config import RCNNTestConfig  # noqa: E402
+from anzoo.models.detection.config import RCNNTestConfig, RPNProposalConfig  # noqa: E402
 from anzoo.models.detection.postprocess import multiclass_nms  # noqa: E402
 from anzoo.models.detection.roi_align import LegacyMultiScaleRoIAlign, to_inclusive_end  # noqa: E402
-from anzoo.models.detection.traced import class_nms  # noqa: E402
+from anzoo.models.detection.rpn import LegacyRPN  # noqa: E402
+from anzoo.models.detection.traced import class_nms, traced_proposals  # noqa: E402
 from helpers.parity_weights import save_parity_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,6 +162,26 @@ def test_the_service_answers_from_an_exported_file(r50):
     assert sorted(r["category_id"] for r in got) == sorted(r["category_id"] for r in expected)
 
 
+@pytest.mark.slow
+def test_server_replicas_of_an_exported_file_open_their_own_sessions(r50):
+    """`serve --weights X.onnx --replicas 2`: a session's threads are fixed when it is made and
+    an OpenVINO request serves one caller, so each replica opens the file with its share."""
+    from anzoo.server.replicas import build_replicas
+
+    for backend in export.BACKENDS:
+        original = Predictor(export.OnnxDetector(r50["path"], backend=backend, threads=2), scale=SCALE)
+        replicas = build_replicas({"r50-bn": original}, per_device=2)
+        models = [r.predictors["r50-bn"].model for r in replicas]
+        assert len(models) == 2 and models[0] is not models[1] and original.model not in models
+        assert [m.threads for m in models] == [r.threads for r in replicas] == [max(1, torch.get_num_threads() // 2)] * 2
+        photo = demo_image("coffee")
+        expected = original.detect(photo)[0]
+        for replica in replicas:
+            got = replica.predictors["r50-bn"].detect(photo)[0]
+            assert torch.equal(got.labels, expected.labels)
+            assert (got.boxes - expected.boxes).abs().max() <= LIMITS["box_px"]
+
+
 def _predict_json(folder: Path, *args: str) -> list[dict]:
     result = runner.invoke(app, ["predict", *args, "--scale", "320x224", "--out", str(folder)])
     assert result.exit_code == 0, result.output
@@ -190,6 +211,32 @@ def test_cli_export_then_predict_with_the_file(r50, tmp_path, monkeypatch):
         and np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= LIMITS["box_px"] for b in from_onnx)]
     assert len(same) >= len(from_torch) - 1
     assert (tmp_path / "onnx" / "astronaut.png").stat().st_size > 0
+
+
+def test_comparison_counts_swaps_at_the_cut_as_ties_and_others_as_problems():
+    """At the max_per_img cut two detections whose scores are a rounding apart may swap, of
+    any classes: a near-tie, shown. A detection away from the cut without a counterpart, or a
+    box moved too far, is a problem."""
+    from anzoo.models.detection.detections import Detections
+
+    class Paste:  # what compare_detections needs of a Predictor
+        def paste_masks(self, det):
+            return torch.ones(len(det), 8, 8, dtype=torch.bool)
+
+    def dets(rows):  # (label, score, x1)
+        boxes = torch.tensor([[x, 10.0, x + 40, 60.0] for _, _, x in rows])
+        return Detections((100, 300), boxes, torch.tensor([s for _, s, _ in rows]),
+                          torch.tensor([lab for lab, _, _ in rows]), torch.zeros(len(rows), 28, 28), boxes)
+
+    torch_side = dets([(1, 0.9, 0), (2, 0.5, 100), (39, 0.1044867, 200)])
+    swapped = dets([(1, 0.9, 0), (2, 0.5, 100), (36, 0.1045150, 250)])
+    check = export.compare_detections("cut", torch_side, swapped, Paste())
+    assert check.ok and check.ties == 1 and check.max_box_px == 0
+    away = dets([(1, 0.9, 0), (7, 0.5, 100), (39, 0.1044867, 200)])  # class 2 -> 7, far above the cut
+    check = export.compare_detections("away", torch_side, away, Paste())
+    assert not check.ok and check.problems == ["2 detection(s) without a counterpart"]  # one per side
+    moved = dets([(1, 0.9, 30), (2, 0.5, 100), (39, 0.1044867, 200)])  # IoU 0.15 with its place
+    assert export.compare_detections("moved", torch_side, moved, Paste()).problems
 
 
 def _tiny_anzoo_file(path: Path, model_id: str = "r50-bn") -> Path:
@@ -232,14 +279,36 @@ def test_cli_refuses_wrong_suffix_another_model_and_foreign_files(tmp_path):
     assert "was not exported by anzoo" in predict(foreign)
 
 
-def _run_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]) -> list[np.ndarray]:
-    import onnxruntime as ort
+def test_create_model_points_an_exported_file_to_its_runtime(tmp_path):
+    """create_model loads checkpoints; given a file from `anzoo export` it says what runs one,
+    and that works."""
+    from anzoo.errors import CheckpointError
 
+    path = _tiny_anzoo_file(tmp_path / "r50.ONNX")
+    with pytest.raises(CheckpointError, match=r"ONNX file \(`anzoo export`\).*OnnxDetector"):
+        create_model("r50-bn", pretrained=path)
+    assert export.OnnxDetector(path).model_id == "r50-bn"
+
+
+def _run_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str],
+              dynamic: bool = True, backend: str = "onnxruntime") -> list[np.ndarray]:
+    """``module`` exported, then run by ONNX Runtime or (as ``OnnxDetector`` sets it up) OpenVINO."""
     buffer = io.BytesIO()
     torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=17, input_names=names,
-                      dynamic_axes={n: {0: "n"} for n in names[1:]})
+                      dynamic_axes={n: {0: "n"} for n in names[1:]} if dynamic else None)
+    feed = {n: t.numpy() for n, t in zip(names, inputs)}
+    if backend == "openvino":
+        ov = pytest.importorskip("openvino")
+        core = ov.Core()
+        graph = core.read_model(buffer.getvalue(), b"")
+        export._stable_top_k(graph)
+        compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled(feed)
+        return [np.asarray(result[out]) for out in compiled.outputs]
+    import onnxruntime as ort
+
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+    return session.run(None, feed)
 
 
 def test_exported_roi_align_keeps_the_legacy_sampling_of_sub_cell_rois():
@@ -263,6 +332,56 @@ def test_exported_roi_align_keeps_the_legacy_sampling_of_sub_cell_rois():
     # the RoIs under a cell (the first two, level 0) are where torchvision's rule would differ
     plain = torch.ops.torchvision.roi_align(features[0], to_inclusive_end(rois[:2]), 0.25, 7, 7, 2, False)
     assert np.abs(plain.numpy() - expected[:2]).max() > 1e-2
+
+
+class _TiedObjectness(torch.nn.Module):
+    """An RPN head whose objectness logits are fixed, drawn from a few values: 25, where
+    float32's sigmoid is exactly 1.0 (a confident RPN saturates there), and -2 .. 2, whose
+    sigmoids lie millions of float64 ulps from a float32 rounding boundary, so every runtime
+    rounds them alike. Scores tie by the hundreds; the deltas still come from the features."""
+
+    def __init__(self, head: torch.nn.Module, sizes: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.head = head
+        gen = torch.Generator().manual_seed(0)
+        values = torch.tensor([25.0, 25.0, 25.0, -2.0, -1.0, 0.0, 1.0, 2.0])
+        for level, (h, w) in enumerate(sizes):
+            pick = torch.randint(0, len(values), (1, head.cls_logits.out_channels, h, w), generator=gen)
+            self.register_buffer(f"logits{level}", values[pick])
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        _, deltas = self.head(features)
+        return [getattr(self, f"logits{level}") for level in range(len(features))], deltas
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_proposals_break_ties_as_the_eager_model(backend):
+    """A confident RPN saturates the sigmoid, so every per-level top-k, NMS and the final cut
+    choose among equal scores. The exported graph keeps the eager model's boxes in its order
+    (box_ops' tie rule: the lower index first); with torch.topk's own tie order r101-bn and
+    r101-an failed to export, and OpenVINO needs its TopK made stable."""
+    torch.manual_seed(0)
+    cfg = RPNProposalConfig(nms_pre=200, nms_post=80, max_num=150, nms_thr=0.7)
+    rpn = LegacyRPN(in_channels=8, test_cfg=cfg).eval()
+    features = [torch.randn(1, 8, 256 // s, 384 // s) for s in (4, 8, 16, 32, 64)]
+    rpn.head = _TiedObjectness(rpn.head, [tuple(f.shape[-2:]) for f in features])
+    image_shape = torch.tensor([250, 380])
+
+    class Proposals(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rpn = rpn
+
+        def forward(self, f0, f1, f2, f3, f4, shape):
+            return traced_proposals(self.rpn, [f0, f1, f2, f3, f4], shape)
+
+    with torch.no_grad():
+        (eager,), _ = rpn(features, [(250, 380)])
+        (got,) = _run_onnx(Proposals(), (*features, image_shape), ["f0", "f1", "f2", "f3", "f4", "shape"],
+                           dynamic=False, backend=backend)
+    assert (eager[:, 4] == 1.0).sum() > cfg.max_num / 2  # the cut falls among equal scores
+    assert got.shape == eager[:, :4].shape
+    np.testing.assert_allclose(got, eager[:, :4].numpy(), atol=1e-3)  # measured 0 (same float ops)
 
 
 @pytest.mark.parametrize("max_per_img", [6, 100])
@@ -297,10 +416,28 @@ def test_exported_class_nms_uses_plus_one_areas_and_the_reference_order(max_per_
 
 
 @pytest.mark.slow
-def test_cascade_export_verifies(tmp_path):
-    model, ckpt = _parity_model("cascade-r101-an", tmp_path)
-    checks = export.export_onnx(model, tmp_path / "cascade.onnx", scale=SCALE, checkpoint_sha256=sha256_file(ckpt))
+@pytest.mark.parametrize("model_id", ["cascade-r101-an", "r50-an-gn", "aognet12m-an", "r101-bn"])
+def test_released_rows_export_and_verify(model_id, tmp_path):
+    """Cascade, AN (w/ GN) heads, AOGNet, and r101-bn, whose saturated RPN ties hundreds of
+    proposal scores (it failed its verification before the tie rule)."""
+    model, ckpt = _parity_model(model_id, tmp_path)
+    path = tmp_path / f"{model_id}.onnx"
+    checks = export.export_onnx(model, path, scale=SCALE, checkpoint_sha256=sha256_file(ckpt))
     for c in checks:
         assert c.ok, c.problems
         assert c.detections > 0 and c.max_box_px <= LIMITS["box_px"]
-    assert export.read_metadata(tmp_path / "cascade.onnx")["model_id"] == "cascade-r101-an"
+    assert export.read_metadata(path)["model_id"] == model_id
+
+
+@pytest.mark.slow
+def test_group_norm_mask_head_without_detections(tmp_path):
+    """No detections means a mask head over zero RoIs; a GroupNorm there exported as
+    Reshape(0, groups, -1), which ONNX Runtime refused (aognet40m-an-gn on a photo without
+    detections). The graph gives its mask head a spare RoI."""
+    model, _ = _parity_model("r50-an-gn", tmp_path)
+    config = model.config
+    model.config = replace(config, rcnn_test=replace(config.rcnn_test, score_thr=1.0))  # no score is above 1
+    path = tmp_path / "none.onnx"
+    export.export_onnx(model, path, scale=SCALE, verify=False)
+    got = Predictor(export.OnnxDetector(path), scale=SCALE).detect(demo_image("astronaut"))[0]
+    assert len(got) == 0 and tuple(got.mask_probs.shape) == (0, 28, 28)

@@ -14,7 +14,14 @@ from torchvision.ops import roi_align as tv_roi_align
 
 from anzoo.models.detection.anchors import LegacyAnchorGenerator, legacy_base_anchors
 from anzoo.models.detection.box_coder import LegacyBoxCoder
-from anzoo.models.detection.box_ops import legacy_batched_nms, legacy_box_area, legacy_box_iou, legacy_nms
+from anzoo.models.detection.box_ops import (
+    descending_order,
+    legacy_batched_nms,
+    legacy_box_area,
+    legacy_box_iou,
+    legacy_nms,
+    top_k,
+)
 from anzoo.models.detection.roi_align import (
     LegacyMultiScaleRoIAlign,
     legacy_roi_align,
@@ -207,6 +214,37 @@ def test_batched_nms_equals_per_class_loop() -> None:
     # a box of group 1 identical to one of group 0 is not suppressed by it
     same = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10], [0.0, 0, 10, 10]])
     assert legacy_batched_nms(same, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5).tolist() == [0, 1]
+
+
+def test_equal_scores_go_to_the_lower_index() -> None:
+    """box_ops' tie rule (ONNX TopK's): among equal scores the lower index first, in a top-k,
+    along any dim, whatever order torch.topk or a kernel's own sort would give."""
+    gen = torch.Generator().manual_seed(11)
+    scores = torch.randint(0, 6, (3000,), generator=gen).float()  # 6 values, ~500 of each
+    expected = sorted(range(3000), key=lambda i: (-scores[i].item(), i))
+    assert descending_order(scores).tolist() == expected
+    values, idx = top_k(scores, 700)
+    assert idx.tolist() == expected[:700] and torch.equal(values, scores[idx])
+    rows = scores.reshape(3, 1000)
+    _, idx = top_k(rows, 300, dim=1)
+    for r in range(3):
+        assert idx[r].tolist() == sorted(range(1000), key=lambda i: (-rows[r, i].item(), i))[:300]
+
+
+def test_nms_visits_equal_scores_by_index() -> None:
+    """Identical boxes with equal scores: the lower index survives, in one group or several;
+    many equal scores among random boxes: the kernel transcription visiting ties by index."""
+    same = torch.tensor([[5.0, 5.0, 20.0, 20.0]] * 4)
+    scores = torch.tensor([0.5, 0.9, 0.9, 0.9])
+    assert legacy_nms(same, scores, 0.5).tolist() == [1]
+    assert legacy_nms(same.flip(0), scores.flip(0), 0.5).tolist() == [0]
+    assert legacy_batched_nms(same, scores, torch.tensor([0, 1, 1, 0]), 0.5).tolist() == [1, 3]
+    gen = torch.Generator().manual_seed(4)
+    xy = torch.rand(300, 2, generator=gen) * 60
+    boxes = torch.cat([xy, xy + 5 + torch.rand(300, 2, generator=gen) * 30], 1)
+    tied = torch.randint(0, 4, (300,), generator=gen).float() / 4  # 4 values
+    for thr in (0.3, 0.7):
+        assert legacy_nms(boxes, tied, thr).tolist() == kernel_nms(boxes.tolist(), tied.tolist(), thr)
 
 
 # ----------------------------------------------------------------------------- RoI levels

@@ -110,14 +110,24 @@ def test_batch_equals_single_images() -> None:
         assert boxes[i][:, [0, 2]].max() <= w - 1 and boxes[i][:, [1, 3]].max() <= h - 1 and boxes[i].min() >= 0
 
 
-def test_matches_per_level_reference_loop() -> None:
-    """The batched selection equals a direct per-level transcription of get_bboxes_single."""
-    from anzoo.models.detection.box_ops import legacy_nms
+def _stable_top(scores: torch.Tensor, k: int) -> list[int]:
+    """The top ``k`` indices, equal scores by increasing index (plain Python)."""
+    return sorted(range(scores.numel()), key=lambda i: (-scores[i].item(), i))[:k]
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["random", "saturated"])
+def test_matches_per_level_reference_loop(tied: bool) -> None:
+    """The batched selection equals a direct per-level transcription of get_bboxes_single,
+    also when most scores are equal (logits past float32's sigmoid saturation, as a
+    confident RPN gives): ties go to the lower anchor index, in the top-k and in the NMS."""
+    from helpers.legacy_kernels import kernel_nms
 
     rpn = LegacyRPN(in_channels=4)
     sizes, objectness, deltas = _random_inputs(1, 1)
+    if tied:  # sigmoid(x) is exactly 1.0 in float32 for x > 17; a quarter stay distinct
+        objectness = [torch.where(o > -0.7, o + 30.0, o) for o in objectness]
     anchors = rpn.anchor_generator.grid_anchors(sizes)
-    cfg = RPNProposalConfig(nms_pre=150, nms_post=40, max_num=100, nms_thr=0.7)
+    cfg = RPNProposalConfig(nms_pre=150, nms_post=40, max_num=60, nms_thr=0.7)
     shape = (47, 63)
     got_boxes, got_scores = select_proposals(objectness, deltas, anchors, [shape], rpn.box_coder, cfg)
     props, props_scores = [], []
@@ -125,15 +135,17 @@ def test_matches_per_level_reference_loop() -> None:
         scores = logits[0].permute(1, 2, 0).reshape(-1).double().sigmoid().float()
         reg = reg[0].permute(1, 2, 0).reshape(-1, 4)
         if scores.numel() > cfg.nms_pre:
-            scores, top = scores.topk(cfg.nms_pre)
-            reg, anc = reg[top], anc[top]
+            top = torch.tensor(_stable_top(scores, cfg.nms_pre))
+            scores, reg, anc = scores[top], reg[top], anc[top]
         boxes = rpn.box_coder.decode(anc, reg, shape)
-        keep = legacy_nms(boxes, scores, cfg.nms_thr).sort().values[: cfg.nms_post]
+        keep = sorted(kernel_nms(boxes.tolist(), scores.tolist(), cfg.nms_thr))[: cfg.nms_post]
         props.append(boxes[keep])
         props_scores.append(scores[keep])
     all_scores = torch.cat(props_scores)
-    top_scores, top = all_scores.topk(min(cfg.max_num, all_scores.numel()))
-    assert torch.equal(got_scores[0], top_scores)
+    if tied:
+        assert (all_scores == 1.0).sum() > cfg.max_num  # the cut falls among equal scores
+    top = torch.tensor(_stable_top(all_scores, cfg.max_num))
+    assert torch.equal(got_scores[0], all_scores[top])
     assert torch.equal(got_boxes[0], torch.cat(props)[top])
 
 

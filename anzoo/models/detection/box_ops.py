@@ -18,6 +18,14 @@ Order of results: the mmdet v1 kernels return the kept indices in *ascending ind
 (``nms_cuda`` sorts them back), torchvision returns them by decreasing score.
 :func:`legacy_nms` and :func:`legacy_batched_nms` follow torchvision; callers that need the
 reference's order (``multiclass_nms``, the RPN) sort the indices themselves.
+
+Ties: a saturated sigmoid gives many exactly equal float32 scores (the RPN's objectness of a
+confident model has hundreds per level). Which of them a top-k keeps, and which of two equal
+boxes an NMS visits first, is left unspecified by ``torch.topk`` and by the sorts inside NMS
+kernels, and differs between PyTorch, the reference's CUDA sort and ONNX Runtime. Every
+selection here follows one rule instead, ONNX ``TopK``'s: among equal scores the lower index
+comes first (:func:`descending_order`, :func:`top_k`; the NMS functions visit boxes in that
+order). So the eager model and its ONNX export keep the same boxes.
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ from torch import Tensor
 from torchvision.ops import nms as _tv_nms
 
 __all__ = [
+    "descending_order",
+    "top_k",
     "legacy_box_area",
     "legacy_box_iou",
     "legacy_nms",
@@ -50,6 +60,43 @@ def to_exclusive_corners(boxes: Tensor) -> Tensor:
     shifted = boxes.clone()
     shifted[..., 2:4] += 1
     return shifted
+
+
+def descending_order(scores: Tensor, dim: int = -1) -> Tensor:
+    """Indices that sort ``scores`` along ``dim`` by decreasing value, equal values by
+    increasing index (a stable sort; ONNX ``TopK`` when traced for an export)."""
+    if torch.jit.is_tracing():
+        return scores.topk(torch._shape_as_tensor(scores)[dim], dim=dim).indices
+    return torch.sort(scores, dim=dim, descending=True, stable=True).indices
+
+
+def top_k(scores: Tensor, k: int | Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """``scores.topk(k, dim)`` with equal values in increasing index order, so the ``k`` kept
+    among ties are always the lowest indices. ``k`` must not exceed the size along ``dim``; a
+    tensor ``k`` (dynamic, when traced) is passed on to ONNX ``TopK``."""
+    if torch.jit.is_tracing():
+        return scores.topk(k, dim=dim)
+    values, indices = torch.sort(scores, dim=dim, descending=True, stable=True)
+    return values.narrow(dim, 0, int(k)), indices.narrow(dim, 0, int(k))
+
+
+def nms_priority(scores: Tensor, dim: int = -1) -> Tensor:
+    """Distinct float32 priorities ``n .. 1`` along ``dim`` in :func:`descending_order`: an NMS
+    fed these instead of the scores visits boxes by decreasing score and, among equal scores,
+    by increasing index, whatever its own sort does with ties. (Exact below 2**24 boxes.) On
+    the CPU, torchvision's, ONNX Runtime's and OpenVINO's NMS were measured to visit ties by
+    index already; the priorities keep the rule where a kernel's sort is not stable (CUDA)."""
+    order = descending_order(scores, dim)
+    if torch.jit.is_tracing():
+        n = torch._shape_as_tensor(scores)[dim]
+        ranks = torch.arange(n, 0, -1, device=scores.device).to(torch.float32)
+    else:
+        n = scores.shape[dim]
+        ranks = torch.arange(n, 0, -1, device=scores.device, dtype=torch.float32)
+    shape = [1] * scores.dim()
+    shape[dim] = -1
+    ranks = ranks.reshape(shape).expand_as(order)
+    return torch.zeros_like(scores, dtype=torch.float32).scatter(dim, order, ranks)
 
 
 def legacy_box_area(boxes: Tensor) -> Tensor:
@@ -84,11 +131,15 @@ def legacy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     Reproduces mmdet v1's ``nms`` (GPU kernel) decisions. Returns the indices of the kept
     boxes sorted by decreasing score (torchvision's order; mmdet's kernel returns the same set
-    in ascending index order). Works on any device and for float16/32/64 boxes.
+    in ascending index order), equal scores by increasing index (the module's tie rule).
+    Works on any device and for float16/32/64 boxes (float16 ones are compared in float32).
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    return _tv_nms(to_exclusive_corners(boxes), scores, float32_threshold(iou_threshold))
+    if boxes.dtype not in (torch.float32, torch.float64):
+        boxes = boxes.float()  # the priorities must stay distinct (float16 holds 2048 integers)
+    priority = nms_priority(scores).to(boxes.dtype)
+    return _tv_nms(to_exclusive_corners(boxes), priority, float32_threshold(iou_threshold))
 
 
 def legacy_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -103,7 +154,8 @@ def legacy_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshol
     within float rounding (~1e-7) of the threshold. The coordinates are first translated to be
     non-negative, so negative boxes do not leak into the neighbouring group either.
 
-    Returns indices sorted by decreasing score, like torchvision.
+    Returns indices sorted by decreasing score, like torchvision, equal scores by increasing
+    index (the module's tie rule).
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
@@ -112,4 +164,4 @@ def legacy_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshol
     # Any group's boxes lie in [0, extent]; stepping groups by extent + 1 keeps them apart.
     step = wide.max() + 1
     wide = wide + (idxs.to(torch.float64) * step)[:, None]
-    return _tv_nms(wide, scores.to(torch.float64), float32_threshold(iou_threshold))
+    return _tv_nms(wide, nms_priority(scores).to(torch.float64), float32_threshold(iou_threshold))

@@ -41,7 +41,7 @@ from torchvision.models.detection.rpn import RPNHead
 
 from .anchors import LegacyAnchorGenerator
 from .box_coder import LegacyBoxCoder
-from .box_ops import legacy_batched_nms, legacy_nms
+from .box_ops import legacy_batched_nms, legacy_nms, top_k
 from .config import RPN_TARGET_CFG, RPN_TEST_CFG, RPN_TRAIN_CFG, RPNProposalConfig, RPNTargetConfig
 from .losses import rpn_loss
 from .targets import MaxIoUAssigner, RandomSampler, rpn_targets
@@ -74,9 +74,10 @@ def select_proposals(
         reference's order instead: a second NMS over all levels, survivors in index order,
         the first ``max_num``.)
 
-    Scores exactly equal in float32 are common (the sigmoid saturates); among them the order,
-    and so which boxes the NMS keeps, follows PyTorch's sort here and the CUDA sort in the
-    reference, so rare tie-breaking differences are expected.
+    Scores exactly equal in float32 are common (the sigmoid saturates). Among them the lower
+    index goes first, in the top-k and in the NMS (``box_ops``' tie rule, the one an ONNX
+    export follows too); the reference left it to PyTorch's CUDA sort, so rare tie-breaking
+    differences to it are expected.
     """
     num_levels = len(objectness)
     if not (len(deltas) == len(anchors) == num_levels):
@@ -122,7 +123,7 @@ def _level_candidates(objectness: Sequence[Tensor], deltas: Sequence[Tensor], an
                 f"({num_anchors} anchors per location)"
             )
         if cfg.nms_pre > 0 and scores.shape[1] > cfg.nms_pre:
-            scores, top = scores.topk(cfg.nms_pre, dim=1)
+            scores, top = top_k(scores, cfg.nms_pre, dim=1)
             reg = reg.gather(1, top[..., None].expand(-1, -1, 4))
             level_anchors = level_anchors[top]  # (B, k, 4)
         else:
@@ -157,7 +158,7 @@ def _top_of_image(boxes: Tensor, scores: Tensor, cfg: RPNProposalConfig) -> tupl
     if cfg.nms_across_levels:
         survivors = legacy_nms(boxes, scores, cfg.nms_thr).sort().values[: cfg.max_num]
         return boxes[survivors], scores[survivors]
-    scores, top = scores.topk(min(cfg.max_num, scores.shape[0]))
+    scores, top = top_k(scores, min(cfg.max_num, scores.shape[0]))
     return boxes[top], scores
 
 

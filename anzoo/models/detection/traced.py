@@ -12,6 +12,8 @@ every step as ONNX operators:
 * NMS with the +1 convention as ONNX ``NonMaxSuppression`` on boxes shifted to
   ``(x1, y1, x2 + 1, y2 + 1)`` (the same IoU), the threshold held as a float32; per-class NMS
   with the classes as the operator's batch (:class:`_ClassNMS`);
+* equal scores broken by index as in eager mode (``box_ops``' tie rule): ONNX ``TopK`` puts
+  the lower index first, and every NMS is given distinct priorities rather than the scores;
 * the legacy RoIAlign as ONNX ``RoiAlign`` (``output_half_pixel``: torchvision's
   ``aligned=False``) plus the sub-cell RoIs recomputed with primitive operators
   (``roi_align.py`` switches to its branch-free form when traced);
@@ -31,13 +33,21 @@ import sys
 import torch
 from torch import Tensor, nn
 
+from .anchors import LegacyAnchorGenerator
 from .box_coder import LegacyBoxCoder
-from .box_ops import float32_threshold, legacy_batched_nms, legacy_nms
+from .box_ops import (
+    float32_threshold,
+    legacy_batched_nms,
+    legacy_nms,
+    nms_priority,
+    top_k,
+)
 from .config import RCNNTestConfig
 from .detector import TwoStageDetector
 from .roi_heads import CascadeRoIHeads, MaskRoIHeads
+from .rpn import LegacyRPN
 
-__all__ = ["TracedDetector", "class_nms"]
+__all__ = ["TracedDetector", "class_nms", "traced_proposals"]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "mask_probs", "mask_boxes")
 
@@ -80,8 +90,9 @@ def _as_rois(boxes: Tensor) -> Tensor:
 
 
 class _ClassNMS(torch.autograd.Function):
-    """NMS within each class: ``boxes`` ``(C, N, 4)`` inclusive-pixel corners, ``scores`` ``(C, 1, N)``;
-    returns ``(M, 3)`` int64 ``[class, 0, row]`` of the kept boxes with score ``> score_thr``.
+    """NMS within each class: ``boxes`` ``(C, N, 4)`` inclusive-pixel corners, ``scores`` ``(C, 1, N)``
+    (distinct priorities within a class, see :func:`class_nms`); returns ``(M, 3)`` int64
+    ``[class, 0, row]`` of the kept boxes with score ``> score_thr``.
 
     Eager: :func:`legacy_batched_nms`. Exported: ONNX ``NonMaxSuppression`` with the classes as
     its batch (its own suppression is ``iou > threshold`` and its score test ``> threshold``,
@@ -115,8 +126,10 @@ def class_nms(boxes: Tensor, scores: Tensor, cfg: RCNNTestConfig) -> tuple[Tenso
     else:
         cls_boxes = boxes.reshape(num_rows, num_classes + 1, 4)[:, 1:].transpose(0, 1)
     cls_scores = scores[:, 1:].t()
-    selected = _ClassNMS.apply(cls_boxes.contiguous(), cls_scores[:, None, :].contiguous(),
-                               cfg.nms_iou, cfg.score_thr)
+    # the NMS sees each class's rank (box_ops' tie rule: equal scores by increasing row), 0 for
+    # the rows at or below score_thr, so ONNX Runtime breaks ties as the eager model does
+    priority = torch.where(cls_scores > cfg.score_thr, nms_priority(cls_scores, dim=1), torch.zeros_like(cls_scores))
+    selected = _ClassNMS.apply(cls_boxes.contiguous(), priority[:, None, :].contiguous(), cfg.nms_iou, 0.0)
     cls_idx, row_idx = selected[:, 0], selected[:, 2]
     # the reference's order: (class, row) ascending, then the best max_per_img by score if more
     order = (cls_idx * _count(boxes) + row_idx).sort().indices
@@ -124,14 +137,48 @@ def class_nms(boxes: Tensor, scores: Tensor, cfg: RCNNTestConfig) -> tuple[Tenso
     det_scores = cls_scores[cls_idx, row_idx]
     if cfg.max_per_img is not None:
         k = _at_most(det_scores, cfg.max_per_img)
-        if torch.jit.is_tracing():
-            best = det_scores.topk(k).indices  # ONNX TopK: among equal values the lower index first
-        else:
-            best = torch.sort(det_scores, descending=True, stable=True).indices[:k]
+        best = top_k(det_scores, k)[1]
         many = _as_tensor(_count(det_scores) > cfg.max_per_img)
         pick = torch.where(many, best, torch.arange(k, device=best.device))
         cls_idx, row_idx, det_scores = cls_idx[pick], row_idx[pick], det_scores[pick]
     return cls_boxes[cls_idx, row_idx], det_scores, cls_idx
+
+
+def traced_proposals(rpn: LegacyRPN, features: list[Tensor], image_shape: Tensor) -> Tensor:
+    """``select_proposals`` of ``rpn`` (its ``test_cfg``) for one image, in traceable form:
+    ``(K, 4)`` boxes by decreasing score."""
+    cfg = rpn.test_cfg
+    objectness, deltas = rpn.head_outputs(features)
+    boxes, scores = [], []
+    for level, (logits, reg) in enumerate(zip(objectness, deltas)):
+        anchors = _grid_anchors(rpn.anchor_generator, level, logits)
+        level_scores = logits.permute(0, 2, 3, 1).reshape(-1).double().sigmoid().float()
+        reg = reg.float().permute(0, 2, 3, 1).reshape(-1, 4)
+        num = _count(level_scores)
+        top_scores, top = top_k(level_scores, _at_most(level_scores, cfg.nms_pre))
+        level_boxes = _decode(rpn.box_coder, anchors[top], reg[top], image_shape)
+        keep = legacy_nms(level_boxes, top_scores, cfg.nms_thr)
+        # the reference keeps the first nms_post survivors in its candidates' order: score
+        # rank after a top-k, anchor order when the level had no more than nms_pre anchors
+        rank = torch.where(_as_tensor(num > cfg.nms_pre), keep, top[keep])
+        keep = keep[rank.sort().indices[: cfg.nms_post]]
+        boxes.append(level_boxes[keep])
+        scores.append(top_scores[keep])
+    all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)
+    best = top_k(all_scores, _at_most(all_scores, cfg.max_num))[1]
+    return all_boxes[best]
+
+
+def _grid_anchors(generator: LegacyAnchorGenerator, level: int, logits: Tensor) -> Tensor:
+    """``grid_anchors_single`` from the traced size of ``logits`` ``(1, A, H, W)``."""
+    stride = generator.strides[level]
+    base = generator.base_anchors[level].to(logits.device)
+    shift_x = torch.arange(_count(logits, 3), device=logits.device) * stride
+    shift_y = torch.arange(_count(logits, 2), device=logits.device) * stride
+    yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+    xx, yy = xx.reshape(-1), yy.reshape(-1)
+    shifts = torch.stack([xx, yy, xx, yy], dim=-1).to(base.dtype)
+    return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
 
 class TracedDetector(nn.Module):
@@ -150,7 +197,7 @@ class TracedDetector(nn.Module):
     def forward(self, image: Tensor, image_shape: Tensor, scale_factor: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         features = self.detector.extract_features(image)
-        proposals = self.proposals(features, image_shape)
+        proposals = traced_proposals(self.detector.rpn, features, image_shape)
         heads = self.detector.roi_heads
         if isinstance(heads, CascadeRoIHeads):
             rois, scores, deltas, coder = self._cascade_boxes(heads, features[:4], proposals, image_shape)
@@ -164,42 +211,6 @@ class TracedDetector(nn.Module):
         boxes, scores, labels = class_nms(boxes, scores, heads.test_cfg)
         mask_probs, mask_boxes = self._masks(heads, mask_heads, features[:4], boxes, labels, scale_factor)
         return boxes, scores, labels, mask_probs, mask_boxes
-
-    def proposals(self, features: list[Tensor], image_shape: Tensor) -> Tensor:
-        """``select_proposals`` for one image: ``(K, 4)`` boxes by decreasing score."""
-        rpn = self.detector.rpn
-        cfg = rpn.test_cfg
-        objectness, deltas = rpn.head_outputs(features)
-        boxes, scores = [], []
-        for level, (logits, reg) in enumerate(zip(objectness, deltas)):
-            anchors = self._anchors(level, logits)
-            level_scores = logits.permute(0, 2, 3, 1).reshape(-1).double().sigmoid().float()
-            reg = reg.float().permute(0, 2, 3, 1).reshape(-1, 4)
-            num = _count(level_scores)
-            top_scores, top = level_scores.topk(_at_most(level_scores, cfg.nms_pre))
-            level_boxes = _decode(rpn.box_coder, anchors[top], reg[top], image_shape)
-            keep = legacy_nms(level_boxes, top_scores, cfg.nms_thr)
-            # the reference keeps the first nms_post survivors in its candidates' order: score
-            # rank after a top-k, anchor order when the level had no more than nms_pre anchors
-            rank = torch.where(_as_tensor(num > cfg.nms_pre), keep, top[keep])
-            keep = keep[rank.sort().indices[: cfg.nms_post]]
-            boxes.append(level_boxes[keep])
-            scores.append(top_scores[keep])
-        all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)
-        best = all_scores.topk(_at_most(all_scores, cfg.max_num)).indices
-        return all_boxes[best]
-
-    def _anchors(self, level: int, logits: Tensor) -> Tensor:
-        """``grid_anchors_single`` from the traced size of ``logits`` ``(1, A, H, W)``."""
-        generator = self.detector.rpn.anchor_generator
-        stride = generator.strides[level]
-        base = generator.base_anchors[level].to(logits.device)
-        shift_x = torch.arange(_count(logits, 3), device=logits.device) * stride
-        shift_y = torch.arange(_count(logits, 2), device=logits.device) * stride
-        yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
-        xx, yy = xx.reshape(-1), yy.reshape(-1)
-        shifts = torch.stack([xx, yy, xx, yy], dim=-1).to(base.dtype)
-        return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
     @staticmethod
     def _cascade_boxes(heads: CascadeRoIHeads, features: list[Tensor], proposals: Tensor, image_shape: Tensor
@@ -225,11 +236,15 @@ class TracedDetector(nn.Module):
         heads) and the paste boxes (legacy_mask_boxes' float32 round trip)."""
         scaled = boxes * scale_factor
         paste_boxes = scaled / scale_factor
-        mask_feats = heads.mask_roi_pool(features, _as_rois(scaled))
+        # one spare RoI after the detections, its output dropped: with no detections a GroupNorm
+        # in the mask head would reshape 0 RoIs to (0, groups, -1), which ONNX Runtime refuses
+        spare = torch.tensor([[0.0, 0.0, 0.0, 15.0, 15.0]], device=boxes.device)
+        mask_feats = heads.mask_roi_pool(features, torch.cat([_as_rois(scaled), spare]))
         probs = torch.sigmoid(mask_heads[0](mask_feats).float())
         for head in mask_heads[1:]:
             probs = probs + torch.sigmoid(head(mask_feats).float())
         if len(mask_heads) > 1:
             probs = probs / len(mask_heads)
+        probs = probs[:-1]
         chosen = probs[torch.arange(_count(probs), device=probs.device), labels + 1]
         return chosen, paste_boxes
