@@ -178,3 +178,23 @@ def test_one_run_at_a_time_writes_to_a_folder(inputs: Path, tmp_path: Path) -> N
         result = _predict(str(inputs), "--workers", "0", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and "another prediction is writing to" in result.stderr
     assert not list((tmp_path / "out").glob("*.json"))
+
+
+@pytest.mark.parametrize("cpus,expected", [({0}, 1), (set(range(16)), 2)])
+def test_default_workers_stay_within_the_cpus(inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              cpus: set[int], expected: int) -> None:
+    import os
+
+    import anzoo.bulk
+
+    calls: list[dict] = []
+
+    def fake(predictor, sources, out, **options):
+        calls.append(options)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus, raising=False)
+    monkeypatch.setattr(anzoo.bulk, "predict_bulk", fake)
+    _predict(str(inputs / "a"), "--out", str(tmp_path / "out"))
+    _predict(str(inputs / "a"), "--workers", "3", "--out", str(tmp_path / "out"))
+    assert [c["workers"] for c in calls] == [expected, 3]

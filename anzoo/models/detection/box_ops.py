@@ -38,6 +38,7 @@ from torchvision.ops import nms as _tv_nms
 __all__ = [
     "descending_order",
     "top_k",
+    "nms_priority",
     "legacy_box_area",
     "legacy_box_iou",
     "legacy_nms",
