@@ -22,6 +22,7 @@ and must agree (:data:`TOLERANCES`); otherwise nothing is left behind.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -342,13 +343,21 @@ def _openvino_session(path: Path, threads: int) -> tuple[Any, dict[str, str]]:
                                                      "INFERENCE_NUM_THREADS": threads})
     except Exception as exc:
         raise ExportError(f"{path} is not a readable ONNX file: {exc}") from exc
+    run = _openvino_runner(compiled)
+    run.new_request = lambda: _openvino_runner(compiled)  # type: ignore[attr-defined]
+    return run, {p.key: p.value for p in proto.metadata_props}
+
+
+def _openvino_runner(compiled: Any) -> Any:
+    """A function running ``compiled`` through an infer request of its own (a request serves
+    one caller at a time)."""
     request = compiled.create_infer_request()
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = request.infer(feed)
         return [np.array(result[compiled.output(name)]) for name in OUTPUT_NAMES]
 
-    return run, {p.key: p.value for p in proto.metadata_props}
+    return run
 
 
 def _stable_top_k(graph: Any) -> None:
@@ -387,8 +396,15 @@ class OnnxDetector:
         self.category_ids: list[int] = list(self.metadata["category_ids"])
 
     def reopen(self, threads: int) -> OnnxDetector:
-        """The same file in a session of its own with ``threads`` threads (a server replica:
-        a session's thread count cannot change, and an OpenVINO request serves one caller)."""
+        """The same file for another caller thread (a server replica). ONNX Runtime: a session
+        of its own with ``threads`` threads (a session's thread count is fixed when it is made).
+        OpenVINO: an infer request of its own on the same compiled model, whose threads it
+        shares; compiling the file again with another thread count left the process to crash
+        at its next fork (OpenVINO 2026.4, seen in the test suite)."""
+        if self.runtime == "openvino":
+            clone = copy.copy(self)
+            clone._run = self._run.new_request()
+            return clone
         return OnnxDetector(self.path, backend=self.runtime, threads=threads)
 
     def to(self, device: Any) -> OnnxDetector:

@@ -2,8 +2,8 @@
 several on the CPU (``--replicas``), each run by a worker thread of the service's batcher.
 
 Replicas on one device share the model's weights (they only read them); a replica on another
-device gets its own copy; an exported ONNX file gets a session per replica, with its share of
-the threads. Every replica's predictor is configured as the one it is made from
+device gets its own copy; an exported ONNX file gets a session (ONNX Runtime, with its share
+of the threads) or an infer request (OpenVINO) per replica. Every replica's predictor is configured as the one it is made from
 (scale, precision, mask pasting, memory format), so that any of them gives the same answer. CPU
 replicas split the torch threads between them: each worker sets its share on its own thread
 (OpenMP keeps a thread count per thread; threads started later, such as the decoding pool's,
@@ -89,7 +89,7 @@ def build_replicas(predictors: Mapping[str, Predictor], devices: Sequence[torch.
             on_device = {}
             for model_id, p in predictors.items():
                 if _exported(p) and threads is not None:
-                    # an exported file's session fixes its threads: each replica opens its own
+                    # an exported file's session serves one replica (OnnxDetector.reopen)
                     on_device[model_id] = _predictor_on(p, device, p.model.reopen(threads))
                 elif not replicas and p.device == device:
                     on_device[model_id] = p

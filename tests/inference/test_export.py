@@ -164,8 +164,9 @@ def test_the_service_answers_from_an_exported_file(r50):
 
 @pytest.mark.slow
 def test_server_replicas_of_an_exported_file_open_their_own_sessions(r50):
-    """`serve --weights X.onnx --replicas 2`: a session's threads are fixed when it is made and
-    an OpenVINO request serves one caller, so each replica opens the file with its share."""
+    """`serve --weights X.onnx --replicas 2`: an ONNX Runtime session's threads are fixed when it
+    is made, so each replica opens the file with its share; an OpenVINO request serves one
+    caller, so each replica gets its own request on the one compiled model."""
     from anzoo.server.replicas import build_replicas
 
     for backend in export.BACKENDS:
@@ -173,7 +174,10 @@ def test_server_replicas_of_an_exported_file_open_their_own_sessions(r50):
         replicas = build_replicas({"r50-bn": original}, per_device=2)
         models = [r.predictors["r50-bn"].model for r in replicas]
         assert len(models) == 2 and models[0] is not models[1] and original.model not in models
-        assert [m.threads for m in models] == [r.threads for r in replicas] == [max(1, torch.get_num_threads() // 2)] * 2
+        share = max(1, torch.get_num_threads() // 2)
+        assert [r.threads for r in replicas] == [share] * 2
+        assert [m.threads for m in models] == ([share] * 2 if backend == "onnxruntime" else [2, 2])
+        assert len({id(m._run) for m in models + [original.model]}) == 3  # a session or request each
         photo = demo_image("coffee")
         expected = original.detect(photo)[0]
         for replica in replicas:
