@@ -218,8 +218,8 @@ def compare_detections(name: str, expected: Detections, got: Detections, predict
     within that of each other the NMS (or the cut at ``max_per_img``) may keep the other one,
     and with it suppress another box or not. A left-over pair of the same class that NMS could
     not keep both of (+1 IoU above ``nms_iou``), or two detections (of any classes) scoring
-    within the tolerance of the cut at ``max_per_img``, counts in ``ties``: shown, allowed for a share :data:`MAX_TIE_SHARE` of the
-    detections (at least one). The same can happen one stage earlier, where RPN objectness
+    within the tolerance of the cut at ``max_per_img``, counts in ``ties``: shown, allowed for
+    a share :data:`MAX_TIE_SHARE` of the detections (at least one). The same can happen one stage earlier, where RPN objectness
     scores an ulp apart straddle a top-k cut (exactly equal scores are broken by index on both
     sides, ``box_ops``' tie rule); the heads mostly refine other proposals to the same
     detections. Anything else left unpaired is a problem."""

@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 
 from .data.images import load_image
-from .errors import AnzooError
 from .data.results import instances_to_records, records_from_parts
 from .data.transforms import TEST_SCALE, ImageMeta, pad_to_batch, padded_shape, preprocess_image
+from .errors import AnzooError
 from .models.detection.detections import Detections
 from .models.detection.detector import TwoStageDetector
 from .models.detection.postprocess import MaskCrops, clipped_paste_windows, paste_masks_fast, paste_masks_legacy
@@ -76,8 +76,10 @@ class Predictor:
             raise ValueError(f"mask_paste must be one of {MASK_PASTE_MODES}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if getattr(model, "runtime", "torch") != "torch":
-            # an exported file (anzoo.export.OnnxDetector) runs on its own runtime, on the CPU
+        #: whether ``model`` is a file from ``anzoo export`` (anzoo.export.OnnxDetector), run by
+        #: its own runtime on the CPU
+        self.exported = getattr(model, "runtime", "torch") != "torch"
+        if self.exported:
             if precision != "fp32" or fp16 or channels_last or str(device) not in ("None", "auto", "cpu"):
                 raise AnzooError(f"an exported model runs on {model.runtime} on the CPU: "
                                  f"no `precision='{precision}'`, `fp16`, `channels_last` or `device='{device}'`")

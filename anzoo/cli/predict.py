@@ -144,7 +144,8 @@ def predict(
             log.info("%s on %s: %d image(s) -> %s", model, predictor.device, len(sources), out)
         result = predict_bulk(
             predictor, sources, out, fmt=output_format.value, render=render, score_thr=score_thr,
-            workers=base.default_workers(2) if workers is None else workers, resume=resume, ctx=ctx, input_failures=failures, progress=not per_image,
+            workers=base.default_workers(2) if workers is None else workers, resume=resume, ctx=ctx,
+            input_failures=failures, progress=not per_image,
             fingerprint={"model_id": model, "weights": str(weights.resolve()) if weights else "release"},
             on_image=_print_image if per_image else None, max_pixels=max_pixels)
     finally:

@@ -3,8 +3,9 @@ several on the CPU (``--replicas``), each run by a worker thread of the service'
 
 Replicas on one device share the model's weights (they only read them); a replica on another
 device gets its own copy; an exported ONNX file gets a session (ONNX Runtime, with its share
-of the threads) or an infer request (OpenVINO) per replica. Every replica's predictor is configured as the one it is made from
-(scale, precision, mask pasting, memory format), so that any of them gives the same answer. CPU
+of the threads) or an infer request (OpenVINO) per replica. Every replica's predictor is
+configured as the one it is made from (scale, precision, mask pasting, memory format), so that
+any of them gives the same answer. CPU
 replicas split the torch threads between them: each worker sets its share on its own thread
 (OpenMP keeps a thread count per thread; threads started later, such as the decoding pool's,
 start with the last one set, a share too).
@@ -83,12 +84,12 @@ def build_replicas(predictors: Mapping[str, Predictor], devices: Sequence[torch.
     replicas: list[Replica] = []
     for device in devices:
         # One copy of each model per device, shared by that device's replicas.
-        models = {model_id: p.model if p.device == device or _exported(p) else copy.deepcopy(p.model).to(device)
+        models = {model_id: p.model if p.device == device or p.exported else copy.deepcopy(p.model).to(device)
                   for model_id, p in predictors.items()}
         for _ in range(per_device):
             on_device = {}
             for model_id, p in predictors.items():
-                if _exported(p) and threads is not None:
+                if p.exported and threads is not None:
                     # an exported file's session serves one replica (OnnxDetector.reopen)
                     on_device[model_id] = _predictor_on(p, device, p.model.reopen(threads))
                 elif not replicas and p.device == device:
@@ -98,7 +99,3 @@ def build_replicas(predictors: Mapping[str, Predictor], devices: Sequence[torch.
             replicas.append(Replica(len(replicas), device, on_device, threads if device.type == "cpu" else None))
     return replicas
 
-
-def _exported(predictor: Predictor) -> bool:
-    """Whether the predictor runs a file from ``anzoo export`` (ONNX Runtime, OpenVINO)."""
-    return getattr(predictor.model, "runtime", "torch") != "torch"

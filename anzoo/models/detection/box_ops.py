@@ -36,6 +36,7 @@ from torch import Tensor
 from torchvision.ops import nms as _tv_nms
 
 __all__ = [
+    "dim_size",
     "descending_order",
     "top_k",
     "nms_priority",
@@ -63,11 +64,19 @@ def to_exclusive_corners(boxes: Tensor) -> Tensor:
     return shifted
 
 
+def dim_size(x: Tensor, dim: int = 0) -> Tensor | int:
+    """``x.shape[dim]``: a tensor when traced for an export (so it stays dynamic in the graph),
+    else an int."""
+    if torch.jit.is_tracing():
+        return torch._shape_as_tensor(x)[dim]
+    return int(x.shape[dim])
+
+
 def descending_order(scores: Tensor, dim: int = -1) -> Tensor:
     """Indices that sort ``scores`` along ``dim`` by decreasing value, equal values by
     increasing index (a stable sort; ONNX ``TopK`` when traced for an export)."""
     if torch.jit.is_tracing():
-        return scores.topk(torch._shape_as_tensor(scores)[dim], dim=dim).indices
+        return scores.topk(dim_size(scores, dim), dim=dim).indices
     return torch.sort(scores, dim=dim, descending=True, stable=True).indices
 
 
@@ -88,12 +97,7 @@ def nms_priority(scores: Tensor, dim: int = -1) -> Tensor:
     the CPU, torchvision's, ONNX Runtime's and OpenVINO's NMS were measured to visit ties by
     index already; the priorities keep the rule where a kernel's sort is not stable (CUDA)."""
     order = descending_order(scores, dim)
-    if torch.jit.is_tracing():
-        n = torch._shape_as_tensor(scores)[dim]
-        ranks = torch.arange(n, 0, -1, device=scores.device).to(torch.float32)
-    else:
-        n = scores.shape[dim]
-        ranks = torch.arange(n, 0, -1, device=scores.device, dtype=torch.float32)
+    ranks = torch.arange(dim_size(scores, dim), 0, -1, device=scores.device).to(torch.float32)
     shape = [1] * scores.dim()
     shape[dim] = -1
     ranks = ranks.reshape(shape).expand_as(order)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .anchors import LegacyAnchorGenerator
 from .box_coder import LegacyBoxCoder
 from .box_ops import (
+    dim_size,
     float32_threshold,
     legacy_batched_nms,
     legacy_nms,
@@ -52,21 +53,14 @@ __all__ = ["TracedDetector", "class_nms", "traced_proposals"]
 OUTPUT_NAMES = ("boxes", "scores", "labels", "mask_probs", "mask_boxes")
 
 
-def _count(x: Tensor, dim: int = 0) -> Tensor | int:
-    """``x.shape[dim]``: a tensor when traced (so it stays dynamic in the graph), else an int."""
-    if torch.jit.is_tracing():
-        return torch._shape_as_tensor(x)[dim]
-    return int(x.shape[dim])
-
-
 def _at_most(x: Tensor, limit: int, dim: int = 0) -> Tensor | int:
     """``min(limit, x.shape[dim])``, dynamic when traced."""
-    n = _count(x, dim)
+    n = dim_size(x, dim)
     return torch.clamp(n, max=limit) if isinstance(n, Tensor) else min(limit, n)
 
 
 def _as_tensor(flag: Tensor | bool) -> Tensor:
-    """A condition from :func:`_count` as a tensor (a traced one stays in the graph)."""
+    """A condition from :func:`dim_size` as a tensor (a traced one stays in the graph)."""
     return flag if isinstance(flag, Tensor) else torch.tensor(flag)
 
 
@@ -132,13 +126,13 @@ def class_nms(boxes: Tensor, scores: Tensor, cfg: RCNNTestConfig) -> tuple[Tenso
     selected = _ClassNMS.apply(cls_boxes.contiguous(), priority[:, None, :].contiguous(), cfg.nms_iou, 0.0)
     cls_idx, row_idx = selected[:, 0], selected[:, 2]
     # the reference's order: (class, row) ascending, then the best max_per_img by score if more
-    order = (cls_idx * _count(boxes) + row_idx).sort().indices
+    order = (cls_idx * dim_size(boxes) + row_idx).sort().indices
     cls_idx, row_idx = cls_idx[order], row_idx[order]
     det_scores = cls_scores[cls_idx, row_idx]
     if cfg.max_per_img is not None:
         k = _at_most(det_scores, cfg.max_per_img)
         best = top_k(det_scores, k)[1]
-        many = _as_tensor(_count(det_scores) > cfg.max_per_img)
+        many = _as_tensor(dim_size(det_scores) > cfg.max_per_img)
         pick = torch.where(many, best, torch.arange(k, device=best.device))
         cls_idx, row_idx, det_scores = cls_idx[pick], row_idx[pick], det_scores[pick]
     return cls_boxes[cls_idx, row_idx], det_scores, cls_idx
@@ -154,7 +148,7 @@ def traced_proposals(rpn: LegacyRPN, features: list[Tensor], image_shape: Tensor
         anchors = _grid_anchors(rpn.anchor_generator, level, logits)
         level_scores = logits.permute(0, 2, 3, 1).reshape(-1).double().sigmoid().float()
         reg = reg.float().permute(0, 2, 3, 1).reshape(-1, 4)
-        num = _count(level_scores)
+        num = dim_size(level_scores)
         top_scores, top = top_k(level_scores, _at_most(level_scores, cfg.nms_pre))
         level_boxes = _decode(rpn.box_coder, anchors[top], reg[top], image_shape)
         keep = legacy_nms(level_boxes, top_scores, cfg.nms_thr)
@@ -173,8 +167,8 @@ def _grid_anchors(generator: LegacyAnchorGenerator, level: int, logits: Tensor) 
     """``grid_anchors_single`` from the traced size of ``logits`` ``(1, A, H, W)``."""
     stride = generator.strides[level]
     base = generator.base_anchors[level].to(logits.device)
-    shift_x = torch.arange(_count(logits, 3), device=logits.device) * stride
-    shift_y = torch.arange(_count(logits, 2), device=logits.device) * stride
+    shift_x = torch.arange(dim_size(logits, 3), device=logits.device) * stride
+    shift_y = torch.arange(dim_size(logits, 2), device=logits.device) * stride
     yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
     xx, yy = xx.reshape(-1), yy.reshape(-1)
     shifts = torch.stack([xx, yy, xx, yy], dim=-1).to(base.dtype)
@@ -246,5 +240,5 @@ class TracedDetector(nn.Module):
         if len(mask_heads) > 1:
             probs = probs / len(mask_heads)
         probs = probs[:-1]
-        chosen = probs[torch.arange(_count(probs), device=probs.device), labels + 1]
+        chosen = probs[torch.arange(dim_size(probs), device=probs.device), labels + 1]
         return chosen, paste_boxes
